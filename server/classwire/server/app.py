@@ -1,0 +1,211 @@
+"""Composition root: builds the providers, the database, the domains, and the grpc.aio server
+with its interceptors, health and reflection; runs it until SIGTERM/SIGINT, then drains."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from classwire.api.data.v1 import service_pb2 as data_api
+from classwire.api.data.v1 import service_pb2_grpc as data_grpc
+from classwire.api.media.v1 import service_pb2 as media_api
+from classwire.api.media.v1 import service_pb2_grpc as media_grpc
+from classwire.api.platform.v1 import service_pb2 as platform_api
+from classwire.api.platform.v1 import service_pb2_grpc as platform_grpc
+from classwire.api.roster.v1 import service_pb2 as roster_api
+from classwire.api.roster.v1 import service_pb2_grpc as roster_grpc
+from classwire.api.scheduling.v1 import service_pb2 as scheduling_api
+from classwire.api.scheduling.v1 import service_pb2_grpc as scheduling_grpc
+from classwire.api.session.v1 import service_pb2 as session_api
+from classwire.api.session.v1 import service_pb2_grpc as session_grpc
+
+from .config import Config
+from .domain.auth import RateLimiter
+from .domain.authenticate import Authenticator
+from .domain.platform import PlatformDomain, TenantSettings
+from .events.outbox import UnitOfWorkFactory
+from .events.wakeups import Wakeups
+from .handlers.platform import PlatformHandler
+from .handlers.unimplemented import unimplemented_servicer
+from .plugins.manager import PluginManager
+from .plugins.types import ProviderKind
+from .rpc.interceptors import ClasswireInterceptor
+from .store import repositories as repo
+from .store.engine import Database
+
+log = structlog.get_logger("classwire.server")
+
+
+def _service(module) -> str:
+    return module.DESCRIPTOR.services_by_name[next(iter(module.DESCRIPTOR.services_by_name))].full_name
+
+
+# (generated api module, grpc module, servicer base name) for the services still to come.
+PENDING_SERVICES = [
+    (roster_api, roster_grpc, "RosterService"),
+    (scheduling_api, scheduling_grpc, "SchedulingService"),
+    (session_api, session_grpc, "SessionService"),
+    (media_api, media_grpc, "MediaService"),
+    (data_api, data_grpc, "DataService"),
+]
+SERVICE_NAMES = [_service(platform_api)] + [_service(m) for m, _, _ in PENDING_SERVICES]
+
+
+@dataclass
+class Platform:
+    """Everything the server runs on, built from a Config; usable without the gRPC server too."""
+
+    config: Config
+    db: Database
+    plugins: PluginManager
+    wakeups: Wakeups
+    uow: UnitOfWorkFactory
+    platform: PlatformDomain
+    authenticator: Authenticator
+    providers: dict = field(default_factory=dict)
+
+    @classmethod
+    async def open(cls, config: Config, own_addresses=lambda: []) -> "Platform":
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        plugins = PluginManager(allow=config.plugins_allow or None, block=config.plugins_block)
+        plugins.load()
+        providers = {}
+        for kind in (ProviderKind.BLOB_STORE, ProviderKind.EVENT_BUS):
+            name = config.providers.get(kind.value, "")
+            provider = plugins.create(
+                kind,
+                name,
+                data_dir=config.data_dir,
+                database_url=config.effective_database_url,
+                options=config.provider_options.get(name, {}),
+                key=f"providers.{kind.value}",
+            )
+            await provider.start()
+            providers[kind.value] = provider
+        db = Database(config.effective_database_url)
+        await db.migrate()
+        wakeups = Wakeups(providers.get("event_bus"))
+        await wakeups.start()
+        uow = UnitOfWorkFactory(db, wakeups)
+        return cls(
+            config=config,
+            db=db,
+            plugins=plugins,
+            wakeups=wakeups,
+            uow=uow,
+            platform=PlatformDomain(db, uow, own_addresses=own_addresses),
+            authenticator=Authenticator(db, config.token_issuer, config.api_key_cache_ttl),
+            providers=providers,
+        )
+
+    async def close(self) -> None:
+        await self.wakeups.stop()
+        for provider in reversed(list(self.providers.values())):
+            with contextlib.suppress(Exception):
+                await provider.close()
+        await self.db.dispose()
+
+    async def bootstrap(self) -> tuple[str, str] | None:
+        """Creates a first tenant with an operator key when the database has none."""
+        async with self.db.reader() as session:
+            existing = await repo.page(session, repo.tenants(), repo.Tenant.create_time, repo.Tenant.id, 1, None)
+        if existing:
+            return None
+        created = await self.platform.create_tenant(
+            None, "default", TenantSettings(), operator=True
+        )
+        return created.tenant.tenant.id, created.secret
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host, int(port)
+
+
+class Server:
+    """The grpc.aio server with every v1 service, health, reflection and metrics."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.port = 0
+        self.platform: Platform | None = None
+        self.server: aio.Server | None = None
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else None
+        self._stopping = asyncio.Event()
+
+    def own_addresses(self) -> list[tuple[str, int]]:
+        host, _ = _host_port(self.config.listen)
+        addresses = [(host, self.port)]
+        if self.config.metrics_listen:
+            addresses.append(_host_port(self.config.metrics_listen))
+        return addresses
+
+    async def start(self) -> None:
+        self.platform = await Platform.open(self.config, self.own_addresses)
+        p = self.platform
+        c = self.config
+        limiter = RateLimiter(c.rate_limit_per_second, c.rate_limit_burst)
+        options = [
+            ("grpc.max_send_message_length", c.max_message_bytes),
+            ("grpc.max_receive_message_length", c.max_message_bytes),
+            ("grpc.keepalive_time_ms", int(c.keepalive_time.total_seconds() * 1000)),
+            ("grpc.keepalive_timeout_ms", int(c.keepalive_timeout.total_seconds() * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # Clients may ping every 10 s (the SDK's default is 30 s) without being cut off.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = aio.server(
+            interceptors=[ClasswireInterceptor(p.authenticator, limiter)], options=options
+        )
+        platform_grpc.add_PlatformServiceServicer_to_server(PlatformHandler(p.platform), self.server)
+        for api_module, grpc_module, name in PENDING_SERVICES:
+            base = getattr(grpc_module, f"{name}Servicer")
+            adder = getattr(grpc_module, f"add_{name}Servicer_to_server")
+            adder(unimplemented_servicer(base, _service(api_module)), self.server)
+
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            SERVICE_NAMES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(c.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {c.listen}")
+        if c.metrics_listen:
+            host, port = _host_port(c.metrics_listen)
+            start_http_server(port, addr=host)
+        await self.server.start()
+        for name in ["", *SERVICE_NAMES]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", listen=c.listen, port=self.port, database=p.db.write_engine.url.get_backend_name())
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drains: health goes NOT_SERVING, new calls are refused, in-flight calls get `grace`."""
+        if self.server is None:
+            return
+        grace = self.config.shutdown_grace.total_seconds() if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        log.info("draining", grace_seconds=grace)
+        await self.server.stop(grace)
+        if self.platform is not None:
+            await self.platform.close()
+        log.info("stopped")
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self._stopping.wait()
+        await self.stop()

@@ -1,0 +1,1 @@
+"""Conversion between protos and domain values."""

@@ -1,0 +1,1 @@
+"""Business rules and domain errors. Nothing here imports grpc or a SQL dialect."""

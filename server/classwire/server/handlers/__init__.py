@@ -1,0 +1,1 @@
+"""One servicer per gRPC service: validate -> call the domain -> convert. No SQL, no rules."""

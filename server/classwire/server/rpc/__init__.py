@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by every service: interceptors, error mapping, per-call context."""

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, repositories (which never commit), engine set-up, migrations."""

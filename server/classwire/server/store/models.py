@@ -1,0 +1,150 @@
+"""The database schema. Every tenant-owned row carries `tenant_id`, and every query filters on it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .types import UTCDateTime
+
+# Deterministic constraint names, so migrations can name what they alter on both engines.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[str]: JSON()}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    create_time: Mapped[datetime]
+    update_time: Mapped[datetime]
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    # SHA-256 of the secret: the secret is 256 random bits, so a slow hash adds nothing.
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]]
+    create_time: Mapped[datetime]
+    last_use_time: Mapped[datetime | None]
+    expire_time: Mapped[datetime | None]
+    revoke_time: Mapped[datetime | None]
+
+
+class SigningKey(Base):
+    """A participant-token signing secret (HS256). Kept in clear: it must sign and verify."""
+
+    __tablename__ = "signing_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    create_time: Mapped[datetime]
+    retire_time: Mapped[datetime | None]
+
+
+class WebhookEndpoint(Base):
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    event_types: Mapped[list[str]]
+    description: Mapped[str] = mapped_column(Text, default="")
+    enabled: Mapped[bool]
+    disabled_reason: Mapped[str] = mapped_column(Text, default="")
+    create_time: Mapped[datetime]
+    update_time: Mapped[datetime]
+
+
+class WebhookSecret(Base):
+    __tablename__ = "webhook_secrets"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
+    )
+    secret: Mapped[str] = mapped_column(String(128))
+    create_time: Mapped[datetime]
+    expire_time: Mapped[datetime | None]
+
+
+class EventCounter(Base):
+    """The last sequence handed out per tenant (stream "") and per session (stream = session id).
+
+    Appending an event increments its row inside the writer's transaction; the row lock orders
+    concurrent writers, so sequences become visible in commit order and a reader that resumes
+    after sequence N can never miss a later-committed N-1.
+    """
+
+    __tablename__ = "event_counters"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    stream: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Event(Base):
+    """The durable event log and transactional outbox: written with the change it describes."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "sequence", name="uq_events_tenant_sequence"),
+        Index("ix_events_session", "tenant_id", "session_id", "session_sequence"),
+        Index("ix_events_type", "tenant_id", "type", "sequence"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    session_sequence: Mapped[int | None] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(200))
+    occur_time: Mapped[datetime]
+    # The serialized classwire.api.events.v1.Event, so readers never lose a field.
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class IdempotencyRecord(Base):
+    """The first response to a create-like request, keyed by its request_id (AIP-155)."""
+
+    __tablename__ = "idempotency_records"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    method: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    response: Mapped[bytes] = mapped_column(LargeBinary)
+    create_time: Mapped[datetime] = mapped_column(index=True)
