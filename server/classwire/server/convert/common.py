@@ -39,13 +39,17 @@ def mask_paths(mask, allowed: set[str], field: str = "update_mask") -> list[str]
     """The paths of an update mask, each checked against the updatable fields."""
     paths = list(mask.paths)
     if not paths:
-        raise InvalidArgument(FieldViolation(field, "must name at least one field to update"))
+        raise InvalidArgument(
+            FieldViolation(field, "must name at least one field to update"),
+            reason="UPDATE_MASK_INVALID",
+        )
     bad = [p for p in paths if p not in allowed]
     if bad:
         raise InvalidArgument(
             [
                 FieldViolation(f"{field}.paths[{paths.index(p)}]", f"{p!r} cannot be updated")
                 for p in bad
-            ]
+            ],
+            reason="UPDATE_MASK_INVALID",
         )
     return paths

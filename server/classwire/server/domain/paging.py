@@ -42,10 +42,13 @@ def decode(token: str, filters: object = None, field: str = "page_token") -> tup
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         at, last_id, fingerprint = datetime.fromisoformat(data["t"]), str(data["i"]), data["f"]
     except Exception:
-        raise InvalidArgument(FieldViolation(field, "not a page token from this list")) from None
+        raise InvalidArgument(
+            FieldViolation(field, "not a page token from this list"), reason="INVALID_PAGE_TOKEN"
+        ) from None
     if fingerprint != _fingerprint(filters) or at.tzinfo is None:
         raise InvalidArgument(
-            FieldViolation(field, "was issued for a list with different filters")
+            FieldViolation(field, "was issued for a list with different filters"),
+            reason="INVALID_PAGE_TOKEN",
         )
     return at, last_id
 

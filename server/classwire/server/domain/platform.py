@@ -16,8 +16,7 @@ from ..events.catalogue import is_event_type
 from ..events.outbox import UnitOfWorkFactory
 from ..store import repositories as repo
 from ..store.engine import Database
-from ..store.events import TENANT_STREAM
-from ..store.models import ApiKey, EventCounter, SigningKey, Tenant, WebhookEndpoint, WebhookSecret
+from ..store.models import ApiKey, SigningKey, Tenant, WebhookEndpoint, WebhookSecret
 from ..store.types import utcnow
 from . import paging, tokens
 from .auth import ADMIN, OPERATOR, Principal, hash_secret, new_api_key_secret, validate_scopes
@@ -159,8 +158,7 @@ class PlatformDomain:
                 update_time=now,
             )
             uow.session.add(tenant)
-            uow.session.add(EventCounter(tenant_id=tenant.id, stream=TENANT_STREAM, last_sequence=0))
-            await uow.session.flush()
+            await uow.session.flush()  # the rows below reference it
             scopes = [ADMIN, OPERATOR] if operator else [ADMIN]
             key, secret = self._new_api_key(tenant.id, "bootstrap admin", scopes, None, now)
             uow.session.add(key)

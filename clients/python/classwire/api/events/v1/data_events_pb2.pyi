@@ -3,8 +3,14 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -16,19 +22,1040 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ExportRecordKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportRecordKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportRecordKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_RECORD_KIND_UNSPECIFIED: _ExportRecordKind.ValueType  # 0
+    """Not set. Rejected."""
+    EXPORT_RECORD_KIND_EVENTS: _ExportRecordKind.ValueType  # 1
+    """Event log entries, one Event per record."""
+    EXPORT_RECORD_KIND_ATTENDANCE: _ExportRecordKind.ValueType  # 2
+    """Attendance: one record per person and session, with merged intervals."""
+    EXPORT_RECORD_KIND_ENGAGEMENT: _ExportRecordKind.ValueType  # 3
+    """Engagement: one record per person and session, with absolute measures."""
+    EXPORT_RECORD_KIND_TRANSCRIPT_SEGMENTS: _ExportRecordKind.ValueType  # 4
+    """Transcript segments, one per record."""
+    EXPORT_RECORD_KIND_SESSION_REPORTS: _ExportRecordKind.ValueType  # 5
+    """Post-session reports, one per record."""
+    EXPORT_RECORD_KIND_RATINGS: _ExportRecordKind.ValueType  # 6
+    """Ratings of instructors, one per record."""
+
+class ExportRecordKind(_ExportRecordKind, metaclass=_ExportRecordKindEnumTypeWrapper):
+    """The kind of records an export carries."""
+
+EXPORT_RECORD_KIND_UNSPECIFIED: ExportRecordKind.ValueType  # 0
+"""Not set. Rejected."""
+EXPORT_RECORD_KIND_EVENTS: ExportRecordKind.ValueType  # 1
+"""Event log entries, one Event per record."""
+EXPORT_RECORD_KIND_ATTENDANCE: ExportRecordKind.ValueType  # 2
+"""Attendance: one record per person and session, with merged intervals."""
+EXPORT_RECORD_KIND_ENGAGEMENT: ExportRecordKind.ValueType  # 3
+"""Engagement: one record per person and session, with absolute measures."""
+EXPORT_RECORD_KIND_TRANSCRIPT_SEGMENTS: ExportRecordKind.ValueType  # 4
+"""Transcript segments, one per record."""
+EXPORT_RECORD_KIND_SESSION_REPORTS: ExportRecordKind.ValueType  # 5
+"""Post-session reports, one per record."""
+EXPORT_RECORD_KIND_RATINGS: ExportRecordKind.ValueType  # 6
+"""Ratings of instructors, one per record."""
+Global___ExportRecordKind: _TypeAlias = ExportRecordKind  # noqa: Y015
+
+class _ExportFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_FORMAT_UNSPECIFIED: _ExportFormat.ValueType  # 0
+    """Not set. Rejected."""
+    EXPORT_FORMAT_JSON_LINES: _ExportFormat.ValueType  # 1
+    """JSON Lines (`application/jsonl`): one record per line, in the proto3 JSON mapping."""
+    EXPORT_FORMAT_CSV: _ExportFormat.ValueType  # 2
+    """CSV (`text/csv`, RFC 4180) with a header row; nested values flattened as documented per
+    record kind.
+    """
+
+class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
+    """The serialization of an export."""
+
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat.ValueType  # 0
+"""Not set. Rejected."""
+EXPORT_FORMAT_JSON_LINES: ExportFormat.ValueType  # 1
+"""JSON Lines (`application/jsonl`): one record per line, in the proto3 JSON mapping."""
+EXPORT_FORMAT_CSV: ExportFormat.ValueType  # 2
+"""CSV (`text/csv`, RFC 4180) with a header row; nested values flattened as documented per
+record kind.
+"""
+Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
+
+class _NotificationSuppressionReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NotificationSuppressionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotificationSuppressionReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTIFICATION_SUPPRESSION_REASON_UNSPECIFIED: _NotificationSuppressionReason.ValueType  # 0
+    """Not set."""
+    NOTIFICATION_SUPPRESSION_REASON_OPTED_OUT: _NotificationSuppressionReason.ValueType  # 1
+    """The recipient opted out of the channel or of the notification's topic."""
+    NOTIFICATION_SUPPRESSION_REASON_NO_CONSENT: _NotificationSuppressionReason.ValueType  # 2
+    """Consent is required for the recipient and was not given (or was withdrawn)."""
+    NOTIFICATION_SUPPRESSION_REASON_DUPLICATE: _NotificationSuppressionReason.ValueType  # 3
+    """A notice for the same recipient and cause was already sent."""
+    NOTIFICATION_SUPPRESSION_REASON_NO_ADDRESS: _NotificationSuppressionReason.ValueType  # 4
+    """The recipient has no address for the channel."""
+    NOTIFICATION_SUPPRESSION_REASON_EXPIRED: _NotificationSuppressionReason.ValueType  # 5
+    """Held back by quiet hours until the notice no longer mattered (for example a reminder whose
+    session already started).
+    """
+    NOTIFICATION_SUPPRESSION_REASON_DISABLED: _NotificationSuppressionReason.ValueType  # 6
+    """The workflow or channel is disabled for the tenant."""
+
+class NotificationSuppressionReason(_NotificationSuppressionReason, metaclass=_NotificationSuppressionReasonEnumTypeWrapper):
+    """Why a notification was not sent."""
+
+NOTIFICATION_SUPPRESSION_REASON_UNSPECIFIED: NotificationSuppressionReason.ValueType  # 0
+"""Not set."""
+NOTIFICATION_SUPPRESSION_REASON_OPTED_OUT: NotificationSuppressionReason.ValueType  # 1
+"""The recipient opted out of the channel or of the notification's topic."""
+NOTIFICATION_SUPPRESSION_REASON_NO_CONSENT: NotificationSuppressionReason.ValueType  # 2
+"""Consent is required for the recipient and was not given (or was withdrawn)."""
+NOTIFICATION_SUPPRESSION_REASON_DUPLICATE: NotificationSuppressionReason.ValueType  # 3
+"""A notice for the same recipient and cause was already sent."""
+NOTIFICATION_SUPPRESSION_REASON_NO_ADDRESS: NotificationSuppressionReason.ValueType  # 4
+"""The recipient has no address for the channel."""
+NOTIFICATION_SUPPRESSION_REASON_EXPIRED: NotificationSuppressionReason.ValueType  # 5
+"""Held back by quiet hours until the notice no longer mattered (for example a reminder whose
+session already started).
+"""
+NOTIFICATION_SUPPRESSION_REASON_DISABLED: NotificationSuppressionReason.ValueType  # 6
+"""The workflow or channel is disabled for the tenant."""
+Global___NotificationSuppressionReason: _TypeAlias = NotificationSuppressionReason  # noqa: Y015
+
+class _EngagementFlagKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EngagementFlagKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EngagementFlagKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENGAGEMENT_FLAG_KIND_UNSPECIFIED: _EngagementFlagKind.ValueType  # 0
+    """Not set."""
+    ENGAGEMENT_FLAG_KIND_LOW_TALK_TIME: _EngagementFlagKind.ValueType  # 1
+    """Talk time below the threshold. Values in seconds."""
+    ENGAGEMENT_FLAG_KIND_LOW_CAMERA_TIME: _EngagementFlagKind.ValueType  # 2
+    """Camera on for less than the threshold's share of present time. Values are fractions 0..1."""
+    ENGAGEMENT_FLAG_KIND_LOW_POLL_PARTICIPATION: _EngagementFlagKind.ValueType  # 3
+    """Poll participation below the threshold. Values are fractions 0..1."""
+    ENGAGEMENT_FLAG_KIND_LOW_POLL_ACCURACY: _EngagementFlagKind.ValueType  # 4
+    """Poll accuracy below the threshold. Values are fractions 0..1."""
+    ENGAGEMENT_FLAG_KIND_NO_INTERACTION: _EngagementFlagKind.ValueType  # 5
+    """No chat message, hand raise, reaction or poll answer. Values are counts."""
+    ENGAGEMENT_FLAG_KIND_LOW_ATTENDANCE: _EngagementFlagKind.ValueType  # 6
+    """Attendance rate below the threshold over the evaluation window. Values are fractions 0..1."""
+    ENGAGEMENT_FLAG_KIND_DECLINING_TREND: _EngagementFlagKind.ValueType  # 7
+    """A week-over-week fall of an engagement measure beyond the threshold. Values are fractions."""
+    ENGAGEMENT_FLAG_KIND_CUSTOM: _EngagementFlagKind.ValueType  # 8
+    """A rule of a plugin's own; `rule` names it and `detail` explains it."""
+
+class EngagementFlagKind(_EngagementFlagKind, metaclass=_EngagementFlagKindEnumTypeWrapper):
+    """What about a learner's engagement raised a flag."""
+
+ENGAGEMENT_FLAG_KIND_UNSPECIFIED: EngagementFlagKind.ValueType  # 0
+"""Not set."""
+ENGAGEMENT_FLAG_KIND_LOW_TALK_TIME: EngagementFlagKind.ValueType  # 1
+"""Talk time below the threshold. Values in seconds."""
+ENGAGEMENT_FLAG_KIND_LOW_CAMERA_TIME: EngagementFlagKind.ValueType  # 2
+"""Camera on for less than the threshold's share of present time. Values are fractions 0..1."""
+ENGAGEMENT_FLAG_KIND_LOW_POLL_PARTICIPATION: EngagementFlagKind.ValueType  # 3
+"""Poll participation below the threshold. Values are fractions 0..1."""
+ENGAGEMENT_FLAG_KIND_LOW_POLL_ACCURACY: EngagementFlagKind.ValueType  # 4
+"""Poll accuracy below the threshold. Values are fractions 0..1."""
+ENGAGEMENT_FLAG_KIND_NO_INTERACTION: EngagementFlagKind.ValueType  # 5
+"""No chat message, hand raise, reaction or poll answer. Values are counts."""
+ENGAGEMENT_FLAG_KIND_LOW_ATTENDANCE: EngagementFlagKind.ValueType  # 6
+"""Attendance rate below the threshold over the evaluation window. Values are fractions 0..1."""
+ENGAGEMENT_FLAG_KIND_DECLINING_TREND: EngagementFlagKind.ValueType  # 7
+"""A week-over-week fall of an engagement measure beyond the threshold. Values are fractions."""
+ENGAGEMENT_FLAG_KIND_CUSTOM: EngagementFlagKind.ValueType  # 8
+"""A rule of a plugin's own; `rule` names it and `detail` explains it."""
+Global___EngagementFlagKind: _TypeAlias = EngagementFlagKind  # noqa: Y015
+
 @_typing.final
 class DataEvent(_message.Message):
-    """Events owned by the data area."""
+    """Events owned by the data area: events ingested by the embedding product, post-session reports,
+    transcripts, exports, xAPI pushes, ratings, automated workflows and notifications.
+
+    A payload repeats the session id when it concerns a session, so that it stands on its own when
+    a consumer handles payloads apart from their envelope.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    CUSTOM_EVENT_FIELD_NUMBER: _builtins.int
+    SESSION_REPORT_READY_FIELD_NUMBER: _builtins.int
+    SESSION_REPORT_FAILED_FIELD_NUMBER: _builtins.int
+    TRANSCRIPT_READY_FIELD_NUMBER: _builtins.int
+    EXPORT_COMPLETED_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_SENT_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_FAILED_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_SUPPRESSED_FIELD_NUMBER: _builtins.int
+    WORKFLOW_TRIGGERED_FIELD_NUMBER: _builtins.int
+    ENGAGEMENT_FLAG_RAISED_FIELD_NUMBER: _builtins.int
+    XAPI_STATEMENTS_PUSHED_FIELD_NUMBER: _builtins.int
+    RATING_SUBMITTED_FIELD_NUMBER: _builtins.int
+    RATING_DELETED_FIELD_NUMBER: _builtins.int
+    WORKFLOW_UPDATED_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_PREFERENCES_UPDATED_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_TEMPLATE_UPDATED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def custom_event(self) -> Global___CustomEvent:
+        """An event ingested by the embedding product through IngestEvents or IngestEventBatch."""
+
+    @_builtins.property
+    def session_report_ready(self) -> Global___SessionReportReady:
+        """A post-session report was built and can be fetched."""
+
+    @_builtins.property
+    def session_report_failed(self) -> Global___SessionReportFailed:
+        """Building a post-session report failed."""
+
+    @_builtins.property
+    def transcript_ready(self) -> Global___TranscriptReady:
+        """A session's transcript is complete."""
+
+    @_builtins.property
+    def export_completed(self) -> Global___ExportCompleted:
+        """A record export streamed its last chunk."""
+
+    @_builtins.property
+    def notification_sent(self) -> Global___NotificationSent:
+        """A notification was handed to its channel."""
+
+    @_builtins.property
+    def notification_failed(self) -> Global___NotificationFailed:
+        """A notification attempt failed."""
+
+    @_builtins.property
+    def notification_suppressed(self) -> Global___NotificationSuppressed:
+        """A notification was deliberately not sent."""
+
+    @_builtins.property
+    def workflow_triggered(self) -> Global___WorkflowTriggered:
+        """An automated workflow started a run."""
+
+    @_builtins.property
+    def engagement_flag_raised(self) -> Global___EngagementFlagRaised:
+        """A learner was flagged for staff attention because of their engagement."""
+
+    @_builtins.property
+    def xapi_statements_pushed(self) -> Global___XapiStatementsPushed:
+        """xAPI statements were pushed to a Learning Record Store."""
+
+    @_builtins.property
+    def rating_submitted(self) -> Global___RatingSubmitted:
+        """A rating of an instructor was submitted or replaced."""
+
+    @_builtins.property
+    def rating_deleted(self) -> Global___RatingDeleted:
+        """A rating of an instructor was deleted."""
+
+    @_builtins.property
+    def workflow_updated(self) -> Global___WorkflowUpdated:
+        """A workflow's tenant configuration changed."""
+
+    @_builtins.property
+    def notification_preferences_updated(self) -> Global___NotificationPreferencesUpdated:
+        """A recipient's notification preferences changed."""
+
+    @_builtins.property
+    def notification_template_updated(self) -> Global___NotificationTemplateUpdated:
+        """A tenant's override of a notification template was changed or removed."""
+
     def __init__(
         self,
+        *,
+        custom_event: Global___CustomEvent | None = ...,
+        session_report_ready: Global___SessionReportReady | None = ...,
+        session_report_failed: Global___SessionReportFailed | None = ...,
+        transcript_ready: Global___TranscriptReady | None = ...,
+        export_completed: Global___ExportCompleted | None = ...,
+        notification_sent: Global___NotificationSent | None = ...,
+        notification_failed: Global___NotificationFailed | None = ...,
+        notification_suppressed: Global___NotificationSuppressed | None = ...,
+        workflow_triggered: Global___WorkflowTriggered | None = ...,
+        engagement_flag_raised: Global___EngagementFlagRaised | None = ...,
+        xapi_statements_pushed: Global___XapiStatementsPushed | None = ...,
+        rating_submitted: Global___RatingSubmitted | None = ...,
+        rating_deleted: Global___RatingDeleted | None = ...,
+        workflow_updated: Global___WorkflowUpdated | None = ...,
+        notification_preferences_updated: Global___NotificationPreferencesUpdated | None = ...,
+        notification_template_updated: Global___NotificationTemplateUpdated | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["custom_event", b"custom_event", "engagement_flag_raised", b"engagement_flag_raised", "export_completed", b"export_completed", "notification_failed", b"notification_failed", "notification_preferences_updated", b"notification_preferences_updated", "notification_sent", b"notification_sent", "notification_suppressed", b"notification_suppressed", "notification_template_updated", b"notification_template_updated", "payload", b"payload", "rating_deleted", b"rating_deleted", "rating_submitted", b"rating_submitted", "session_report_failed", b"session_report_failed", "session_report_ready", b"session_report_ready", "transcript_ready", b"transcript_ready", "workflow_triggered", b"workflow_triggered", "workflow_updated", b"workflow_updated", "xapi_statements_pushed", b"xapi_statements_pushed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_event", b"custom_event", "engagement_flag_raised", b"engagement_flag_raised", "export_completed", b"export_completed", "notification_failed", b"notification_failed", "notification_preferences_updated", b"notification_preferences_updated", "notification_sent", b"notification_sent", "notification_suppressed", b"notification_suppressed", "notification_template_updated", b"notification_template_updated", "payload", b"payload", "rating_deleted", b"rating_deleted", "rating_submitted", b"rating_submitted", "session_report_failed", b"session_report_failed", "session_report_ready", b"session_report_ready", "transcript_ready", b"transcript_ready", "workflow_triggered", b"workflow_triggered", "workflow_updated", b"workflow_updated", "xapi_statements_pushed", b"xapi_statements_pushed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["custom_event", "session_report_ready", "session_report_failed", "transcript_ready", "export_completed", "notification_sent", "notification_failed", "notification_suppressed", "workflow_triggered", "engagement_flag_raised", "xapi_statements_pushed", "rating_submitted", "rating_deleted", "workflow_updated", "notification_preferences_updated", "notification_template_updated"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___DataEvent: _TypeAlias = DataEvent  # noqa: Y015
+
+@_typing.final
+class CustomEvent(_message.Message):
+    """An event of the embedding product's own (a quiz score, a homework submission, custom
+    engagement), ingested through DataService.IngestEvents. The same message is the ingest input:
+    the server stores it as given and assigns the envelope's id and sequence.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_EVENT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SUBJECT_IDENTITY_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    CLASS_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_FIELD_NUMBER: _builtins.int
+    client_event_id: _builtins.str
+    """The caller's id of the event, 1 to 128 printable ASCII characters. Events with the same id
+    are deduplicated for at least 24 hours after the first was committed.
+    """
+    name: _builtins.str
+    """The event's name, lower-case dot-separated words of `[a-z0-9_]` (for example `quiz.scored`),
+    at most 128 characters. Filters, analytics and exports group on it.
+    """
+    subject_identity: _builtins.str
+    """The identity (the embedding product's user id) of the person the event is about, usually a
+    learner. Optional.
+    """
+    session_id: _builtins.str
+    """The live session the event belongs to, if any. When set it must be a session of the tenant."""
+    class_id: _builtins.str
+    """The class the event belongs to, if any (a roster class id); analytics group on it."""
+    @_builtins.property
+    def data(self) -> _struct_pb2.Struct:
+        """Free-form details of the event, at most 32 KiB once serialized."""
+
+    @_builtins.property
+    def occur_time(self) -> _timestamp_pb2.Timestamp:
+        """When the event happened. Unset means the time it was committed; at most 5 minutes in the
+        future.
+        """
+
+    def __init__(
+        self,
+        *,
+        client_event_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        subject_identity: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        class_id: _builtins.str = ...,
+        data: _struct_pb2.Struct | None = ...,
+        occur_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "occur_time", b"occur_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_id", b"class_id", "client_event_id", b"client_event_id", "data", b"data", "name", b"name", "occur_time", b"occur_time", "session_id", b"session_id", "subject_identity", b"subject_identity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___DataEvent: _TypeAlias = DataEvent  # noqa: Y015
+Global___CustomEvent: _TypeAlias = CustomEvent  # noqa: Y015
+
+@_typing.final
+class SessionReportReady(_message.Message):
+    """A post-session report was built (or rebuilt) and GetSessionReport now returns it as READY."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    GENERATE_TIME_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_COUNT_FIELD_NUMBER: _builtins.int
+    HAS_TRANSCRIPT_FIELD_NUMBER: _builtins.int
+    SUMMARIZER_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session the report describes."""
+    revision: _builtins.int
+    """The report's revision: 1 for the first build, incremented by every rebuild."""
+    participant_count: _builtins.int
+    """How many people the attendance section lists, absent ones included."""
+    has_transcript: _builtins.bool
+    """Whether the report carries a transcript excerpt."""
+    summarizer: _builtins.str
+    """The name of the summarizer provider that wrote the summary; empty when none was written."""
+    @_builtins.property
+    def generate_time(self) -> _timestamp_pb2.Timestamp:
+        """When the report was generated."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        generate_time: _timestamp_pb2.Timestamp | None = ...,
+        participant_count: _builtins.int = ...,
+        has_transcript: _builtins.bool = ...,
+        summarizer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["generate_time", b"generate_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generate_time", b"generate_time", "has_transcript", b"has_transcript", "participant_count", b"participant_count", "revision", b"revision", "session_id", b"session_id", "summarizer", b"summarizer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionReportReady: _TypeAlias = SessionReportReady  # noqa: Y015
+
+@_typing.final
+class SessionReportFailed(_message.Message):
+    """Building a post-session report failed. The build job retries with backoff until
+    `next_attempt_time` is unset, which means it gave up (RebuildSessionReport starts again).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_COUNT_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session whose report failed."""
+    reason: _builtins.str
+    """Why, as an UPPER_SNAKE_CASE reason, for example `SUMMARIZER_FAILED`."""
+    message: _builtins.str
+    """A human-readable explanation, free of secrets."""
+    attempt_count: _builtins.int
+    """How many attempts were made so far."""
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the next attempt is due; unset when the job gave up."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        attempt_count: _builtins.int = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "message", b"message", "next_attempt_time", b"next_attempt_time", "reason", b"reason", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionReportFailed: _TypeAlias = SessionReportFailed  # noqa: Y015
+
+@_typing.final
+class TranscriptReady(_message.Message):
+    """A session's transcript is complete: every track's recognizer finished and its final segments
+    are stored.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SEGMENT_COUNT_FIELD_NUMBER: _builtins.int
+    LANGUAGES_FIELD_NUMBER: _builtins.int
+    ENGINES_FIELD_NUMBER: _builtins.int
+    SPEECH_DURATION_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session (or breakout room) the transcript belongs to."""
+    segment_count: _builtins.int
+    """How many final segments the transcript holds."""
+    @_builtins.property
+    def languages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The languages found, as BCP-47 tags."""
+
+    @_builtins.property
+    def engines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The transcription engine provider(s) used, by registered name."""
+
+    @_builtins.property
+    def speech_duration(self) -> _duration_pb2.Duration:
+        """The sum of the segments' durations."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        segment_count: _builtins.int = ...,
+        languages: _abc.Iterable[_builtins.str] | None = ...,
+        engines: _abc.Iterable[_builtins.str] | None = ...,
+        speech_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["speech_duration", b"speech_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engines", b"engines", "languages", b"languages", "segment_count", b"segment_count", "session_id", b"session_id", "speech_duration", b"speech_duration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TranscriptReady: _TypeAlias = TranscriptReady  # noqa: Y015
+
+@_typing.final
+class ExportCompleted(_message.Message):
+    """A record export streamed its last chunk to the caller (the envelope's actor)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPORT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    RECORD_COUNT_FIELD_NUMBER: _builtins.int
+    BYTE_COUNT_FIELD_NUMBER: _builtins.int
+    RANGE_START_TIME_FIELD_NUMBER: _builtins.int
+    RANGE_END_TIME_FIELD_NUMBER: _builtins.int
+    export_id: _builtins.str
+    """The export's id, as sent in the stream's header."""
+    kind: Global___ExportRecordKind.ValueType
+    """What was exported."""
+    format: Global___ExportFormat.ValueType
+    """How it was serialized."""
+    record_count: _builtins.int
+    """How many records were streamed."""
+    byte_count: _builtins.int
+    """How many bytes were streamed."""
+    @_builtins.property
+    def range_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the exported time range, if the export had one."""
+
+    @_builtins.property
+    def range_end_time(self) -> _timestamp_pb2.Timestamp:
+        """The end (exclusive) of the exported time range, if the export had one."""
+
+    def __init__(
+        self,
+        *,
+        export_id: _builtins.str = ...,
+        kind: Global___ExportRecordKind.ValueType = ...,
+        format: Global___ExportFormat.ValueType = ...,
+        record_count: _builtins.int = ...,
+        byte_count: _builtins.int = ...,
+        range_start_time: _timestamp_pb2.Timestamp | None = ...,
+        range_end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["range_end_time", b"range_end_time", "range_start_time", b"range_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["byte_count", b"byte_count", "export_id", b"export_id", "format", b"format", "kind", b"kind", "range_end_time", b"range_end_time", "range_start_time", b"range_start_time", "record_count", b"record_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCompleted: _TypeAlias = ExportCompleted  # noqa: Y015
+
+@_typing.final
+class NotificationContext(_message.Message):
+    """Which notification an event is about. Shared by the notification events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATION_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    RECIPIENT_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    notification_id: _builtins.str
+    """The notification's id; stable across attempts."""
+    channel: _builtins.str
+    """The channel, by the name its notification provider registered (for example `email` or
+    `http`).
+    """
+    recipient_id: _builtins.str
+    """The recipient: a roster person id."""
+    template: _builtins.str
+    """The template used, for example `session_report`."""
+    cause: _builtins.str
+    """The cause key that makes the notice unique per recipient (one notice per recipient per
+    cause), for example `session_report:<session id>`.
+    """
+    workflow: _builtins.str
+    """The workflow that asked for the notification, if any."""
+    session_id: _builtins.str
+    """The session the notification concerns, if any."""
+    def __init__(
+        self,
+        *,
+        notification_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        recipient_id: _builtins.str = ...,
+        template: _builtins.str = ...,
+        cause: _builtins.str = ...,
+        workflow: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "channel", b"channel", "notification_id", b"notification_id", "recipient_id", b"recipient_id", "session_id", b"session_id", "template", b"template", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationContext: _TypeAlias = NotificationContext  # noqa: Y015
+
+@_typing.final
+class NotificationSent(_message.Message):
+    """A notification was handed to its channel, which accepted it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATION_FIELD_NUMBER: _builtins.int
+    ATTEMPT_COUNT_FIELD_NUMBER: _builtins.int
+    PROVIDER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    attempt_count: _builtins.int
+    """Which attempt succeeded (1 for the first)."""
+    provider_message_id: _builtins.str
+    """The channel provider's id of the message (for example the SMTP message id), if it has one."""
+    @_builtins.property
+    def notification(self) -> Global___NotificationContext:
+        """Which notification."""
+
+    def __init__(
+        self,
+        *,
+        notification: Global___NotificationContext | None = ...,
+        attempt_count: _builtins.int = ...,
+        provider_message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notification", b"notification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "notification", b"notification", "provider_message_id", b"provider_message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationSent: _TypeAlias = NotificationSent  # noqa: Y015
+
+@_typing.final
+class NotificationFailed(_message.Message):
+    """A notification attempt failed. It is retried with backoff until `next_attempt_time` is unset,
+    which means it was abandoned.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATION_FIELD_NUMBER: _builtins.int
+    ATTEMPT_COUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    attempt_count: _builtins.int
+    """How many attempts were made so far."""
+    reason: _builtins.str
+    """Why, as an UPPER_SNAKE_CASE reason, for example `CHANNEL_UNAVAILABLE` or `ADDRESS_REJECTED`."""
+    message: _builtins.str
+    """A human-readable explanation, free of secrets."""
+    @_builtins.property
+    def notification(self) -> Global___NotificationContext:
+        """Which notification."""
+
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the next attempt is due; unset when the notification was abandoned."""
+
+    def __init__(
+        self,
+        *,
+        notification: Global___NotificationContext | None = ...,
+        attempt_count: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_attempt_time", b"next_attempt_time", "notification", b"notification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "message", b"message", "next_attempt_time", b"next_attempt_time", "notification", b"notification", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationFailed: _TypeAlias = NotificationFailed  # noqa: Y015
+
+@_typing.final
+class NotificationSuppressed(_message.Message):
+    """A notification was deliberately not sent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    reason: Global___NotificationSuppressionReason.ValueType
+    """Why it was not sent."""
+    detail: _builtins.str
+    """A human-readable detail, free of personal data beyond the recipient id."""
+    @_builtins.property
+    def notification(self) -> Global___NotificationContext:
+        """Which notification."""
+
+    def __init__(
+        self,
+        *,
+        notification: Global___NotificationContext | None = ...,
+        reason: Global___NotificationSuppressionReason.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notification", b"notification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "notification", b"notification", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationSuppressed: _TypeAlias = NotificationSuppressed  # noqa: Y015
+
+@_typing.final
+class WorkflowTriggered(_message.Message):
+    """An automated workflow (built in or from a plugin) started a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    TRIGGER_EVENT_ID_FIELD_NUMBER: _builtins.int
+    TRIGGER_EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    TRIGGER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_IDENTITY_FIELD_NUMBER: _builtins.int
+    workflow: _builtins.str
+    """The workflow's name, for example `learner_absent`."""
+    run_id: _builtins.str
+    """The run's id; stable across retries of the run."""
+    cause: _builtins.str
+    """The cause key that makes the run unique (a workflow runs once per cause), for example
+    `learner_absent:<session id>:<identity>`.
+    """
+    trigger_event_id: _builtins.str
+    """The id of the event that triggered the run; empty for timer-driven runs."""
+    trigger_event_type: _builtins.str
+    """The type of the triggering event (a fully-qualified payload name); empty for timer-driven
+    runs.
+    """
+    trigger_sequence: _builtins.int
+    """The tenant-log sequence of the triggering event; 0 for timer-driven runs."""
+    session_id: _builtins.str
+    """The session the run concerns, if any."""
+    subject_identity: _builtins.str
+    """The identity the run concerns (a learner or an instructor), if any."""
+    def __init__(
+        self,
+        *,
+        workflow: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        cause: _builtins.str = ...,
+        trigger_event_id: _builtins.str = ...,
+        trigger_event_type: _builtins.str = ...,
+        trigger_sequence: _builtins.int = ...,
+        session_id: _builtins.str = ...,
+        subject_identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "run_id", b"run_id", "session_id", b"session_id", "subject_identity", b"subject_identity", "trigger_event_id", b"trigger_event_id", "trigger_event_type", b"trigger_event_type", "trigger_sequence", b"trigger_sequence", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowTriggered: _TypeAlias = WorkflowTriggered  # noqa: Y015
+
+@_typing.final
+class EngagementFlagRaised(_message.Message):
+    """A learner was flagged for staff attention because of their engagement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLAG_ID_FIELD_NUMBER: _builtins.int
+    LEARNER_IDENTITY_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    CLASS_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    OBSERVED_VALUE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    WINDOW_START_TIME_FIELD_NUMBER: _builtins.int
+    WINDOW_END_TIME_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    flag_id: _builtins.str
+    """The flag's id."""
+    learner_identity: _builtins.str
+    """The flagged learner's identity."""
+    session_id: _builtins.str
+    """The session that was evaluated; empty when the rule looks at a time window."""
+    class_id: _builtins.str
+    """The class the evaluation concerned, if any."""
+    kind: Global___EngagementFlagKind.ValueType
+    """What raised the flag."""
+    rule: _builtins.str
+    """The rule (workflow setting) that raised it, for example `low_engagement`."""
+    observed_value: _builtins.float
+    """The measured value, in the unit the kind documents."""
+    threshold: _builtins.float
+    """The threshold it crossed, in the same unit."""
+    detail: _builtins.str
+    """A human-readable explanation."""
+    @_builtins.property
+    def window_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the evaluated window, when the rule looks at a time window."""
+
+    @_builtins.property
+    def window_end_time(self) -> _timestamp_pb2.Timestamp:
+        """The end (exclusive) of the evaluated window, when the rule looks at a time window."""
+
+    def __init__(
+        self,
+        *,
+        flag_id: _builtins.str = ...,
+        learner_identity: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        class_id: _builtins.str = ...,
+        kind: Global___EngagementFlagKind.ValueType = ...,
+        rule: _builtins.str = ...,
+        observed_value: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        window_start_time: _timestamp_pb2.Timestamp | None = ...,
+        window_end_time: _timestamp_pb2.Timestamp | None = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_id", b"class_id", "detail", b"detail", "flag_id", b"flag_id", "kind", b"kind", "learner_identity", b"learner_identity", "observed_value", b"observed_value", "rule", b"rule", "session_id", b"session_id", "threshold", b"threshold", "window_end_time", b"window_end_time", "window_start_time", b"window_start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EngagementFlagRaised: _TypeAlias = EngagementFlagRaised  # noqa: Y015
+
+@_typing.final
+class XapiStatementsPushed(_message.Message):
+    """xAPI statements were pushed to a Learning Record Store (by PushXapiStatements or by a
+    continuous push).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUSH_ID_FIELD_NUMBER: _builtins.int
+    LRS_FIELD_NUMBER: _builtins.int
+    MAPPING_VERSION_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    RANGE_START_TIME_FIELD_NUMBER: _builtins.int
+    RANGE_END_TIME_FIELD_NUMBER: _builtins.int
+    STATEMENT_COUNT_FIELD_NUMBER: _builtins.int
+    STORED_COUNT_FIELD_NUMBER: _builtins.int
+    ALREADY_STORED_COUNT_FIELD_NUMBER: _builtins.int
+    FAILED_COUNT_FIELD_NUMBER: _builtins.int
+    push_id: _builtins.str
+    """The push's id."""
+    lrs: _builtins.str
+    """The Learning Record Store provider, by registered name."""
+    mapping_version: _builtins.str
+    """The version of the pinned verb mapping the statements were built with."""
+    session_id: _builtins.str
+    """The session the push covered, if it was scoped to one."""
+    statement_count: _builtins.int
+    """How many statements were built."""
+    stored_count: _builtins.int
+    """How many the LRS stored now."""
+    already_stored_count: _builtins.int
+    """How many the LRS already held (same statement id; retries are idempotent)."""
+    failed_count: _builtins.int
+    """How many the LRS rejected or could not take."""
+    @_builtins.property
+    def range_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the covered time range, if it had one."""
+
+    @_builtins.property
+    def range_end_time(self) -> _timestamp_pb2.Timestamp:
+        """The end (exclusive) of the covered time range, if it had one."""
+
+    def __init__(
+        self,
+        *,
+        push_id: _builtins.str = ...,
+        lrs: _builtins.str = ...,
+        mapping_version: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        range_start_time: _timestamp_pb2.Timestamp | None = ...,
+        range_end_time: _timestamp_pb2.Timestamp | None = ...,
+        statement_count: _builtins.int = ...,
+        stored_count: _builtins.int = ...,
+        already_stored_count: _builtins.int = ...,
+        failed_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["range_end_time", b"range_end_time", "range_start_time", b"range_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_stored_count", b"already_stored_count", "failed_count", b"failed_count", "lrs", b"lrs", "mapping_version", b"mapping_version", "push_id", b"push_id", "range_end_time", b"range_end_time", "range_start_time", b"range_start_time", "session_id", b"session_id", "statement_count", b"statement_count", "stored_count", b"stored_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___XapiStatementsPushed: _TypeAlias = XapiStatementsPushed  # noqa: Y015
+
+@_typing.final
+class RatingSubmitted(_message.Message):
+    """A rating of an instructor was submitted, or replaced an earlier one by the same rater."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATING_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    RATER_IDENTITY_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_IDENTITY_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    REPLACED_FIELD_NUMBER: _builtins.int
+    rating_id: _builtins.str
+    """The rating's id."""
+    session_id: _builtins.str
+    """The session rated."""
+    rater_identity: _builtins.str
+    """The rater's identity."""
+    instructor_identity: _builtins.str
+    """The rated instructor's identity."""
+    score: _builtins.int
+    """The score, 1 (worst) to 5 (best)."""
+    replaced: _builtins.bool
+    """Whether the rating replaced an earlier one by the same rater for the same session and
+    instructor.
+    """
+    def __init__(
+        self,
+        *,
+        rating_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        rater_identity: _builtins.str = ...,
+        instructor_identity: _builtins.str = ...,
+        score: _builtins.int = ...,
+        replaced: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instructor_identity", b"instructor_identity", "rater_identity", b"rater_identity", "rating_id", b"rating_id", "replaced", b"replaced", "score", b"score", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RatingSubmitted: _TypeAlias = RatingSubmitted  # noqa: Y015
+
+@_typing.final
+class RatingDeleted(_message.Message):
+    """A rating of an instructor was deleted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATING_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_IDENTITY_FIELD_NUMBER: _builtins.int
+    rating_id: _builtins.str
+    """The rating's id."""
+    session_id: _builtins.str
+    """The session the rating was for."""
+    instructor_identity: _builtins.str
+    """The rated instructor's identity."""
+    def __init__(
+        self,
+        *,
+        rating_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        instructor_identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instructor_identity", b"instructor_identity", "rating_id", b"rating_id", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RatingDeleted: _TypeAlias = RatingDeleted  # noqa: Y015
+
+@_typing.final
+class WorkflowUpdated(_message.Message):
+    """A workflow's tenant configuration changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    workflow: _builtins.str
+    """The workflow's name."""
+    enabled: _builtins.bool
+    """Whether the workflow is now enabled."""
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The fields that changed (FieldMask paths of the Workflow resource)."""
+
+    def __init__(
+        self,
+        *,
+        workflow: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_fields", b"changed_fields", "enabled", b"enabled", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowUpdated: _TypeAlias = WorkflowUpdated  # noqa: Y015
+
+@_typing.final
+class NotificationPreferencesUpdated(_message.Message):
+    """A recipient's notification preferences changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    recipient_id: _builtins.str
+    """The recipient: a roster person id."""
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The fields that changed (FieldMask paths of the NotificationPreferences resource)."""
+
+    def __init__(
+        self,
+        *,
+        recipient_id: _builtins.str = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_fields", b"changed_fields", "recipient_id", b"recipient_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationPreferencesUpdated: _TypeAlias = NotificationPreferencesUpdated  # noqa: Y015
+
+@_typing.final
+class NotificationTemplateUpdated(_message.Message):
+    """A tenant's override of a notification template was changed or removed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    template: _builtins.str
+    """The template's name, for example `session_report`."""
+    locale: _builtins.str
+    """The template's locale, a BCP-47 tag."""
+    reset: _builtins.bool
+    """Whether the override was removed, so the built-in template applies again."""
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The fields that changed (FieldMask paths of the NotificationTemplate resource); empty when
+        reset.
+        """
+
+    def __init__(
+        self,
+        *,
+        template: _builtins.str = ...,
+        locale: _builtins.str = ...,
+        reset: _builtins.bool = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_fields", b"changed_fields", "locale", b"locale", "reset", b"reset", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationTemplateUpdated: _TypeAlias = NotificationTemplateUpdated  # noqa: Y015

@@ -22,15 +22,70 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from classwire.api.common.v1 import common_pb2 as classwire_dot_api_dot_common_dot_v1_dot_common__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*classwire/api/events/v1/media_events.proto\x12\x17\x63lasswire.api.events.v1\"\x12\n\nMediaEventJ\x04\x08\x01\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*classwire/api/events/v1/media_events.proto\x12\x17\x63lasswire.api.events.v1\x1a$classwire/api/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x0f\n\nMediaEvent\x12R\n\x0ftrack_published\x18\x01 \x01(\x0b\x32\'.classwire.api.events.v1.TrackPublishedH\x00R\x0etrackPublished\x12X\n\x11track_unpublished\x18\x02 \x01(\x0b\x32).classwire.api.events.v1.TrackUnpublishedH\x00R\x10trackUnpublished\x12\x46\n\x0btrack_muted\x18\x03 \x01(\x0b\x32#.classwire.api.events.v1.TrackMutedH\x00R\ntrackMuted\x12L\n\rtrack_unmuted\x18\x04 \x01(\x0b\x32%.classwire.api.events.v1.TrackUnmutedH\x00R\x0ctrackUnmuted\x12U\n\x10track_subscribed\x18\x05 \x01(\x0b\x32(.classwire.api.events.v1.TrackSubscribedH\x00R\x0ftrackSubscribed\x12[\n\x12track_unsubscribed\x18\x06 \x01(\x0b\x32*.classwire.api.events.v1.TrackUnsubscribedH\x00R\x11trackUnsubscribed\x12X\n\x11recording_started\x18\n \x01(\x0b\x32).classwire.api.events.v1.RecordingStartedH\x00R\x10recordingStarted\x12X\n\x11recording_stopped\x18\x0b \x01(\x0b\x32).classwire.api.events.v1.RecordingStoppedH\x00R\x10recordingStopped\x12R\n\x0frecording_ready\x18\x0c \x01(\x0b\x32\'.classwire.api.events.v1.RecordingReadyH\x00R\x0erecordingReady\x12U\n\x10recording_failed\x18\r \x01(\x0b\x32(.classwire.api.events.v1.RecordingFailedH\x00R\x0frecordingFailed\x12t\n\x1brecording_consent_requested\x18\x0e \x01(\x0b\x32\x32.classwire.api.events.v1.RecordingConsentRequestedH\x00R\x19recordingConsentRequested\x12n\n\x19recording_consent_granted\x18\x0f \x01(\x0b\x32\x30.classwire.api.events.v1.RecordingConsentGrantedH\x00R\x17recordingConsentGranted\x12q\n\x1arecording_consent_declined\x18\x10 \x01(\x0b\x32\x31.classwire.api.events.v1.RecordingConsentDeclinedH\x00R\x18recordingConsentDeclined\x12h\n\x17\x61\x63tive_speakers_changed\x18\x14 \x01(\x0b\x32..classwire.api.events.v1.ActiveSpeakersChangedH\x00R\x15\x61\x63tiveSpeakersChanged\x12q\n\x1aspeaking_interval_recorded\x18\x15 \x01(\x0b\x32\x31.classwire.api.events.v1.SpeakingIntervalRecordedH\x00R\x18speakingIntervalRecorded\x12h\n\x17quality_sample_recorded\x18\x16 \x01(\x0b\x32..classwire.api.events.v1.QualitySampleRecordedH\x00R\x15qualitySampleRecorded\x12\x64\n\x15transcription_started\x18\x1e \x01(\x0b\x32-.classwire.api.events.v1.TranscriptionStartedH\x00R\x14transcriptionStarted\x12\x64\n\x15transcription_stopped\x18\x1f \x01(\x0b\x32-.classwire.api.events.v1.TranscriptionStoppedH\x00R\x14transcriptionStopped\x12t\n\x1btranscription_engine_failed\x18  \x01(\x0b\x32\x32.classwire.api.events.v1.TranscriptionEngineFailedH\x00R\x19transcriptionEngineFailed\x12R\n\x0f\x63\x61ption_partial\x18! \x01(\x0b\x32\'.classwire.api.events.v1.CaptionPartialH\x00R\x0e\x63\x61ptionPartial\x12L\n\rcaption_final\x18\" \x01(\x0b\x32%.classwire.api.events.v1.CaptionFinalH\x00R\x0c\x63\x61ptionFinalB\t\n\x07payload\"\x8d\x02\n\x0eTrackPublished\x12\x19\n\x08track_id\x18\x01 \x01(\tR\x07trackId\x12%\n\x0eparticipant_id\x18\x02 \x01(\tR\rparticipantId\x12\x1a\n\x08identity\x18\x03 \x01(\tR\x08identity\x12<\n\x06source\x18\x04 \x01(\x0e\x32$.classwire.api.common.v1.TrackSourceR\x06source\x12\x1b\n\tmime_type\x18\x05 \x01(\tR\x08mimeType\x12\x14\n\x05muted\x18\x06 \x01(\x08R\x05muted\x12\x14\n\x05width\x18\x07 \x01(\rR\x05width\x12\x16\n\x06height\x18\x08 \x01(\rR\x06height\"\xea\x02\n\x10TrackUnpublished\x12\x19\n\x08track_id\x18\x01 \x01(\tR\x07trackId\x12%\n\x0eparticipant_id\x18\x02 \x01(\tR\rparticipantId\x12<\n\x06source\x18\x03 \x01(\x0e\x32$.classwire.api.common.v1.TrackSourceR\x06source\x12H\n\x06reason\x18\x04 \x01(\x0e\x32\x30.classwire.api.events.v1.TrackUnpublished.ReasonR\x06reason\"\x8b\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12REASON_UNPUBLISHED\x10\x01\x12\x1b\n\x17REASON_PARTICIPANT_LEFT\x10\x02\x12\x15\n\x11REASON_MEDIA_LOST\x10\x03\x12\x1d\n\x19REASON_PERMISSION_REVOKED\x10\x04\"\x8c\x01\n\nTrackMuted\x12\x19\n\x08track_id\x18\x01 \x01(\tR\x07trackId\x12%\n\x0eparticipant_id\x18\x02 \x01(\tR\rparticipantId\x12<\n\x06source\x18\x03 \x01(\x0e\x32$.classwire.api.common.v1.TrackSourceR\x06source\"\x8e\x01\n\x0cTrackUnmuted\x12\x19\n\x08track_id\x18\x01 \x01(\tR\x07trackId\x12%\n\x0eparticipant_id\x18\x02 \x01(\tR\rparticipantId\x12<\n\x06source\x18\x03 \x01(\x0e\x32$.classwire.api.common.v1.TrackSourceR\x06source\"\xa2\x01\n\x0fTrackSubscribed\x12\x19\n\x08track_id\x18\x01 \x01(\tR\x07trackId\x12:\n\x19subscriber_participant_id\x18\x02 \x01(\tR\x17subscriberParticipantId\x12\x38\n\x18publisher_participant_id\x18\x03 \x01(\tR\x16publisherParticipantId\"\xa4\x01\n\x11TrackUnsubscribed\x12\x19\n\x08track_id\x18\x01 \x01(\tR\x07trackId\x12:\n\x19subscriber_participant_id\x18\x02 \x01(\tR\x17subscriberParticipantId\x12\x38\n\x18publisher_participant_id\x18\x03 \x01(\tR\x16publisherParticipantId\"\x83\x01\n\x10RecordingStarted\x12!\n\x0crecording_id\x18\x01 \x01(\tR\x0brecordingId\x12!\n\x0c\x61uto_started\x18\x02 \x01(\x08R\x0b\x61utoStarted\x12)\n\x10\x63onsent_required\x18\x03 \x01(\x08R\x0f\x63onsentRequired\"\xa2\x02\n\x10RecordingStopped\x12!\n\x0crecording_id\x18\x01 \x01(\tR\x0brecordingId\x12H\n\x06reason\x18\x02 \x01(\x0e\x32\x30.classwire.api.events.v1.RecordingStopped.ReasonR\x06reason\x12\x35\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x08\x64uration\"j\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x14\n\x10REASON_REQUESTED\x10\x01\x12\x18\n\x14REASON_SESSION_ENDED\x10\x02\x12\x18\n\x14REASON_LIMIT_REACHED\x10\x03\"\xb3\x01\n\x0eRecordingReady\x12!\n\x0crecording_id\x18\x01 \x01(\tR\x0brecordingId\x12\x35\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x08\x64uration\x12\x1d\n\nfile_count\x18\x03 \x01(\rR\tfileCount\x12(\n\x10total_size_bytes\x18\x04 \x01(\x04R\x0etotalSizeBytes\"f\n\x0fRecordingFailed\x12!\n\x0crecording_id\x18\x01 \x01(\tR\x0brecordingId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\"\x92\x01\n\x19RecordingConsentRequested\x12!\n\x0crecording_id\x18\x01 \x01(\tR\x0brecordingId\x12)\n\x10\x63onsent_required\x18\x02 \x01(\x08R\x0f\x63onsentRequired\x12\'\n\x0fparticipant_ids\x18\x03 \x03(\tR\x0eparticipantIds\"\x7f\n\x17RecordingConsentGranted\x12!\n\x0crecording_id\x18\x01 \x01(\tR\x0brecordingId\x12%\n\x0eparticipant_id\x18\x02 \x01(\tR\rparticipantId\x12\x1a\n\x08identity\x18\x03 \x01(\tR\x08identity\"\x80\x01\n\x18RecordingConsentDeclined\x12!\n\x0crecording_id\x18\x01 \x01(\tR\x0brecordingId\x12%\n\x0eparticipant_id\x18\x02 \x01(\tR\rparticipantId\x12\x1a\n\x08identity\x18\x03 \x01(\tR\x08identity\"\xb3\x01\n\x15\x41\x63tiveSpeakersChanged\x12R\n\x08speakers\x18\x01 \x03(\x0b\x32\x36.classwire.api.events.v1.ActiveSpeakersChanged.SpeakerR\x08speakers\x1a\x46\n\x07Speaker\x12%\n\x0eparticipant_id\x18\x01 \x01(\tR\rparticipantId\x12\x14\n\x05level\x18\x02 \x01(\x02R\x05level\"\xea\x01\n\x18SpeakingIntervalRecorded\x12%\n\x0eparticipant_id\x18\x01 \x01(\tR\rparticipantId\x12\x1a\n\x08identity\x18\x02 \x01(\tR\x08identity\x12\x19\n\x08track_id\x18\x03 \x01(\tR\x07trackId\x12\x39\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\"\xd3\x03\n\x15QualitySampleRecorded\x12%\n\x0eparticipant_id\x18\x01 \x01(\tR\rparticipantId\x12\x45\n\tdirection\x18\x02 \x01(\x0e\x32\'.classwire.api.events.v1.MediaDirectionR\tdirection\x12\x19\n\x08track_id\x18\x03 \x01(\tR\x07trackId\x12;\n\x0bsample_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nsampleTime\x12\x31\n\x06period\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x06period\x12*\n\x11packet_loss_ratio\x18\x06 \x01(\x01R\x0fpacketLossRatio\x12\x31\n\x06jitter\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationR\x06jitter\x12\x41\n\x0fround_trip_time\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationR\rroundTripTime\x12\x1f\n\x0b\x62itrate_bps\x18\t \x01(\x04R\nbitrateBps\"m\n\x14TranscriptionStarted\x12\x16\n\x06\x65ngine\x18\x01 \x01(\tR\x06\x65ngine\x12\x1a\n\x08language\x18\x02 \x01(\tR\x08language\x12!\n\x0c\x61uto_started\x18\x03 \x01(\x08R\x0b\x61utoStarted\"\xd0\x01\n\x14TranscriptionStopped\x12L\n\x06reason\x18\x01 \x01(\x0e\x32\x34.classwire.api.events.v1.TranscriptionStopped.ReasonR\x06reason\"j\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x14\n\x10REASON_REQUESTED\x10\x01\x12\x18\n\x14REASON_SESSION_ENDED\x10\x02\x12\x18\n\x14REASON_ENGINE_FAILED\x10\x03\"\xa7\x01\n\x19TranscriptionEngineFailed\x12\x16\n\x06\x65ngine\x18\x01 \x01(\tR\x06\x65ngine\x12\x19\n\x08track_id\x18\x02 \x01(\tR\x07trackId\x12%\n\x0eparticipant_id\x18\x03 \x01(\tR\rparticipantId\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12\x18\n\x07message\x18\x05 \x01(\tR\x07message\"\xf6\x02\n\x0e\x43\x61ptionPartial\x12!\n\x0cutterance_id\x18\x01 \x01(\tR\x0butteranceId\x12%\n\x0eparticipant_id\x18\x02 \x01(\tR\rparticipantId\x12\x1a\n\x08identity\x18\x03 \x01(\tR\x08identity\x12!\n\x0c\x64isplay_name\x18\x04 \x01(\tR\x0b\x64isplayName\x12\x19\n\x08track_id\x18\x05 \x01(\tR\x07trackId\x12\x12\n\x04text\x18\x06 \x01(\tR\x04text\x12\x39\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x1e\n\nconfidence\x18\t \x01(\x02R\nconfidence\x12\x1a\n\x08language\x18\n \x01(\tR\x08language\"\xf4\x02\n\x0c\x43\x61ptionFinal\x12!\n\x0cutterance_id\x18\x01 \x01(\tR\x0butteranceId\x12%\n\x0eparticipant_id\x18\x02 \x01(\tR\rparticipantId\x12\x1a\n\x08identity\x18\x03 \x01(\tR\x08identity\x12!\n\x0c\x64isplay_name\x18\x04 \x01(\tR\x0b\x64isplayName\x12\x19\n\x08track_id\x18\x05 \x01(\tR\x07trackId\x12\x12\n\x04text\x18\x06 \x01(\tR\x04text\x12\x39\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x1e\n\nconfidence\x18\t \x01(\x02R\nconfidence\x12\x1a\n\x08language\x18\n \x01(\tR\x08language*o\n\x0eMediaDirection\x12\x1f\n\x1bMEDIA_DIRECTION_UNSPECIFIED\x10\x00\x12\x1c\n\x18MEDIA_DIRECTION_UPSTREAM\x10\x01\x12\x1e\n\x1aMEDIA_DIRECTION_DOWNSTREAM\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'classwire.api.events.v1.media_events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEDIAEVENT']._serialized_start=71
-  _globals['_MEDIAEVENT']._serialized_end=89
+  _globals['_MEDIADIRECTION']._serialized_start=6723
+  _globals['_MEDIADIRECTION']._serialized_end=6834
+  _globals['_MEDIAEVENT']._serialized_start=175
+  _globals['_MEDIAEVENT']._serialized_end=2209
+  _globals['_TRACKPUBLISHED']._serialized_start=2212
+  _globals['_TRACKPUBLISHED']._serialized_end=2481
+  _globals['_TRACKUNPUBLISHED']._serialized_start=2484
+  _globals['_TRACKUNPUBLISHED']._serialized_end=2846
+  _globals['_TRACKUNPUBLISHED_REASON']._serialized_start=2707
+  _globals['_TRACKUNPUBLISHED_REASON']._serialized_end=2846
+  _globals['_TRACKMUTED']._serialized_start=2849
+  _globals['_TRACKMUTED']._serialized_end=2989
+  _globals['_TRACKUNMUTED']._serialized_start=2992
+  _globals['_TRACKUNMUTED']._serialized_end=3134
+  _globals['_TRACKSUBSCRIBED']._serialized_start=3137
+  _globals['_TRACKSUBSCRIBED']._serialized_end=3299
+  _globals['_TRACKUNSUBSCRIBED']._serialized_start=3302
+  _globals['_TRACKUNSUBSCRIBED']._serialized_end=3466
+  _globals['_RECORDINGSTARTED']._serialized_start=3469
+  _globals['_RECORDINGSTARTED']._serialized_end=3600
+  _globals['_RECORDINGSTOPPED']._serialized_start=3603
+  _globals['_RECORDINGSTOPPED']._serialized_end=3893
+  _globals['_RECORDINGSTOPPED_REASON']._serialized_start=3787
+  _globals['_RECORDINGSTOPPED_REASON']._serialized_end=3893
+  _globals['_RECORDINGREADY']._serialized_start=3896
+  _globals['_RECORDINGREADY']._serialized_end=4075
+  _globals['_RECORDINGFAILED']._serialized_start=4077
+  _globals['_RECORDINGFAILED']._serialized_end=4179
+  _globals['_RECORDINGCONSENTREQUESTED']._serialized_start=4182
+  _globals['_RECORDINGCONSENTREQUESTED']._serialized_end=4328
+  _globals['_RECORDINGCONSENTGRANTED']._serialized_start=4330
+  _globals['_RECORDINGCONSENTGRANTED']._serialized_end=4457
+  _globals['_RECORDINGCONSENTDECLINED']._serialized_start=4460
+  _globals['_RECORDINGCONSENTDECLINED']._serialized_end=4588
+  _globals['_ACTIVESPEAKERSCHANGED']._serialized_start=4591
+  _globals['_ACTIVESPEAKERSCHANGED']._serialized_end=4770
+  _globals['_ACTIVESPEAKERSCHANGED_SPEAKER']._serialized_start=4700
+  _globals['_ACTIVESPEAKERSCHANGED_SPEAKER']._serialized_end=4770
+  _globals['_SPEAKINGINTERVALRECORDED']._serialized_start=4773
+  _globals['_SPEAKINGINTERVALRECORDED']._serialized_end=5007
+  _globals['_QUALITYSAMPLERECORDED']._serialized_start=5010
+  _globals['_QUALITYSAMPLERECORDED']._serialized_end=5477
+  _globals['_TRANSCRIPTIONSTARTED']._serialized_start=5479
+  _globals['_TRANSCRIPTIONSTARTED']._serialized_end=5588
+  _globals['_TRANSCRIPTIONSTOPPED']._serialized_start=5591
+  _globals['_TRANSCRIPTIONSTOPPED']._serialized_end=5799
+  _globals['_TRANSCRIPTIONSTOPPED_REASON']._serialized_start=5693
+  _globals['_TRANSCRIPTIONSTOPPED_REASON']._serialized_end=5799
+  _globals['_TRANSCRIPTIONENGINEFAILED']._serialized_start=5802
+  _globals['_TRANSCRIPTIONENGINEFAILED']._serialized_end=5969
+  _globals['_CAPTIONPARTIAL']._serialized_start=5972
+  _globals['_CAPTIONPARTIAL']._serialized_end=6346
+  _globals['_CAPTIONFINAL']._serialized_start=6349
+  _globals['_CAPTIONFINAL']._serialized_end=6721
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,14 @@
 isort:skip_file
 """
 
+from classwire.api.common.v1 import common_pb2 as _common_pb2
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -16,19 +22,1061 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _MediaDirection:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MediaDirectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MediaDirection.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEDIA_DIRECTION_UNSPECIFIED: _MediaDirection.ValueType  # 0
+    """Not set."""
+    MEDIA_DIRECTION_UPSTREAM: _MediaDirection.ValueType  # 1
+    """From the participant to the server: what it publishes."""
+    MEDIA_DIRECTION_DOWNSTREAM: _MediaDirection.ValueType  # 2
+    """From the server to the participant: what it subscribes to."""
+
+class MediaDirection(_MediaDirection, metaclass=_MediaDirectionEnumTypeWrapper):
+    """The direction of media relative to the participant. Shared by the `QualitySampleRecorded`
+    event and the media area's quality sample resource.
+    """
+
+MEDIA_DIRECTION_UNSPECIFIED: MediaDirection.ValueType  # 0
+"""Not set."""
+MEDIA_DIRECTION_UPSTREAM: MediaDirection.ValueType  # 1
+"""From the participant to the server: what it publishes."""
+MEDIA_DIRECTION_DOWNSTREAM: MediaDirection.ValueType  # 2
+"""From the server to the participant: what it subscribes to."""
+Global___MediaDirection: _TypeAlias = MediaDirection  # noqa: Y015
+
 @_typing.final
 class MediaEvent(_message.Message):
-    """Events owned by the media area."""
+    """Events owned by the media area: tracks and subscriptions, recordings and consent, talk time,
+    quality samples, transcription and live captions. They are written to the session's log
+    (Event.session_id is the room the media belongs to) and delivered through WatchSession,
+    WatchEvents, webhooks and, filtered to what each participant may see, the participant connection.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    TRACK_PUBLISHED_FIELD_NUMBER: _builtins.int
+    TRACK_UNPUBLISHED_FIELD_NUMBER: _builtins.int
+    TRACK_MUTED_FIELD_NUMBER: _builtins.int
+    TRACK_UNMUTED_FIELD_NUMBER: _builtins.int
+    TRACK_SUBSCRIBED_FIELD_NUMBER: _builtins.int
+    TRACK_UNSUBSCRIBED_FIELD_NUMBER: _builtins.int
+    RECORDING_STARTED_FIELD_NUMBER: _builtins.int
+    RECORDING_STOPPED_FIELD_NUMBER: _builtins.int
+    RECORDING_READY_FIELD_NUMBER: _builtins.int
+    RECORDING_FAILED_FIELD_NUMBER: _builtins.int
+    RECORDING_CONSENT_REQUESTED_FIELD_NUMBER: _builtins.int
+    RECORDING_CONSENT_GRANTED_FIELD_NUMBER: _builtins.int
+    RECORDING_CONSENT_DECLINED_FIELD_NUMBER: _builtins.int
+    ACTIVE_SPEAKERS_CHANGED_FIELD_NUMBER: _builtins.int
+    SPEAKING_INTERVAL_RECORDED_FIELD_NUMBER: _builtins.int
+    QUALITY_SAMPLE_RECORDED_FIELD_NUMBER: _builtins.int
+    TRANSCRIPTION_STARTED_FIELD_NUMBER: _builtins.int
+    TRANSCRIPTION_STOPPED_FIELD_NUMBER: _builtins.int
+    TRANSCRIPTION_ENGINE_FAILED_FIELD_NUMBER: _builtins.int
+    CAPTION_PARTIAL_FIELD_NUMBER: _builtins.int
+    CAPTION_FINAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def track_published(self) -> Global___TrackPublished:
+        """A participant published a track."""
+
+    @_builtins.property
+    def track_unpublished(self) -> Global___TrackUnpublished:
+        """A track stopped being published."""
+
+    @_builtins.property
+    def track_muted(self) -> Global___TrackMuted:
+        """A track was muted (by its publisher or a moderator)."""
+
+    @_builtins.property
+    def track_unmuted(self) -> Global___TrackUnmuted:
+        """A track was unmuted by its publisher."""
+
+    @_builtins.property
+    def track_subscribed(self) -> Global___TrackSubscribed:
+        """A participant subscribed to a track."""
+
+    @_builtins.property
+    def track_unsubscribed(self) -> Global___TrackUnsubscribed:
+        """A participant's subscription to a track ended."""
+
+    @_builtins.property
+    def recording_started(self) -> Global___RecordingStarted:
+        """A recording started."""
+
+    @_builtins.property
+    def recording_stopped(self) -> Global___RecordingStopped:
+        """A recording stopped; its files are being finalized."""
+
+    @_builtins.property
+    def recording_ready(self) -> Global___RecordingReady:
+        """A recording's files are finalized and downloadable."""
+
+    @_builtins.property
+    def recording_failed(self) -> Global___RecordingFailed:
+        """A recording failed."""
+
+    @_builtins.property
+    def recording_consent_requested(self) -> Global___RecordingConsentRequested:
+        """Participants were asked for (or told about) recording consent."""
+
+    @_builtins.property
+    def recording_consent_granted(self) -> Global___RecordingConsentGranted:
+        """A participant consented to being recorded."""
+
+    @_builtins.property
+    def recording_consent_declined(self) -> Global___RecordingConsentDeclined:
+        """A participant declined to be recorded."""
+
+    @_builtins.property
+    def active_speakers_changed(self) -> Global___ActiveSpeakersChanged:
+        """The set of currently speaking participants changed."""
+
+    @_builtins.property
+    def speaking_interval_recorded(self) -> Global___SpeakingIntervalRecorded:
+        """A participant finished one speaking interval (talk time)."""
+
+    @_builtins.property
+    def quality_sample_recorded(self) -> Global___QualitySampleRecorded:
+        """A periodic quality sample of a participant's connection."""
+
+    @_builtins.property
+    def transcription_started(self) -> Global___TranscriptionStarted:
+        """Transcription started for the session."""
+
+    @_builtins.property
+    def transcription_stopped(self) -> Global___TranscriptionStopped:
+        """Transcription stopped for the session."""
+
+    @_builtins.property
+    def transcription_engine_failed(self) -> Global___TranscriptionEngineFailed:
+        """The transcription engine failed on one track; captions stop for that track only."""
+
+    @_builtins.property
+    def caption_partial(self) -> Global___CaptionPartial:
+        """An interim caption of an utterance in progress."""
+
+    @_builtins.property
+    def caption_final(self) -> Global___CaptionFinal:
+        """The final caption of an utterance."""
+
     def __init__(
         self,
+        *,
+        track_published: Global___TrackPublished | None = ...,
+        track_unpublished: Global___TrackUnpublished | None = ...,
+        track_muted: Global___TrackMuted | None = ...,
+        track_unmuted: Global___TrackUnmuted | None = ...,
+        track_subscribed: Global___TrackSubscribed | None = ...,
+        track_unsubscribed: Global___TrackUnsubscribed | None = ...,
+        recording_started: Global___RecordingStarted | None = ...,
+        recording_stopped: Global___RecordingStopped | None = ...,
+        recording_ready: Global___RecordingReady | None = ...,
+        recording_failed: Global___RecordingFailed | None = ...,
+        recording_consent_requested: Global___RecordingConsentRequested | None = ...,
+        recording_consent_granted: Global___RecordingConsentGranted | None = ...,
+        recording_consent_declined: Global___RecordingConsentDeclined | None = ...,
+        active_speakers_changed: Global___ActiveSpeakersChanged | None = ...,
+        speaking_interval_recorded: Global___SpeakingIntervalRecorded | None = ...,
+        quality_sample_recorded: Global___QualitySampleRecorded | None = ...,
+        transcription_started: Global___TranscriptionStarted | None = ...,
+        transcription_stopped: Global___TranscriptionStopped | None = ...,
+        transcription_engine_failed: Global___TranscriptionEngineFailed | None = ...,
+        caption_partial: Global___CaptionPartial | None = ...,
+        caption_final: Global___CaptionFinal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["active_speakers_changed", b"active_speakers_changed", "caption_final", b"caption_final", "caption_partial", b"caption_partial", "payload", b"payload", "quality_sample_recorded", b"quality_sample_recorded", "recording_consent_declined", b"recording_consent_declined", "recording_consent_granted", b"recording_consent_granted", "recording_consent_requested", b"recording_consent_requested", "recording_failed", b"recording_failed", "recording_ready", b"recording_ready", "recording_started", b"recording_started", "recording_stopped", b"recording_stopped", "speaking_interval_recorded", b"speaking_interval_recorded", "track_muted", b"track_muted", "track_published", b"track_published", "track_subscribed", b"track_subscribed", "track_unmuted", b"track_unmuted", "track_unpublished", b"track_unpublished", "track_unsubscribed", b"track_unsubscribed", "transcription_engine_failed", b"transcription_engine_failed", "transcription_started", b"transcription_started", "transcription_stopped", b"transcription_stopped"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_speakers_changed", b"active_speakers_changed", "caption_final", b"caption_final", "caption_partial", b"caption_partial", "payload", b"payload", "quality_sample_recorded", b"quality_sample_recorded", "recording_consent_declined", b"recording_consent_declined", "recording_consent_granted", b"recording_consent_granted", "recording_consent_requested", b"recording_consent_requested", "recording_failed", b"recording_failed", "recording_ready", b"recording_ready", "recording_started", b"recording_started", "recording_stopped", b"recording_stopped", "speaking_interval_recorded", b"speaking_interval_recorded", "track_muted", b"track_muted", "track_published", b"track_published", "track_subscribed", b"track_subscribed", "track_unmuted", b"track_unmuted", "track_unpublished", b"track_unpublished", "track_unsubscribed", b"track_unsubscribed", "transcription_engine_failed", b"transcription_engine_failed", "transcription_started", b"transcription_started", "transcription_stopped", b"transcription_stopped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["track_published", "track_unpublished", "track_muted", "track_unmuted", "track_subscribed", "track_unsubscribed", "recording_started", "recording_stopped", "recording_ready", "recording_failed", "recording_consent_requested", "recording_consent_granted", "recording_consent_declined", "active_speakers_changed", "speaking_interval_recorded", "quality_sample_recorded", "transcription_started", "transcription_stopped", "transcription_engine_failed", "caption_partial", "caption_final"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___MediaEvent: _TypeAlias = MediaEvent  # noqa: Y015
+
+@_typing.final
+class TrackPublished(_message.Message):
+    """A participant published a track."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACK_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    MUTED_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    track_id: _builtins.str
+    """Id of the track."""
+    participant_id: _builtins.str
+    """The publishing participant."""
+    identity: _builtins.str
+    """The publisher's identity."""
+    source: _common_pb2.TrackSource.ValueType
+    """What the track carries."""
+    mime_type: _builtins.str
+    """The negotiated codec as a media type, for example `audio/opus` or `video/VP8`."""
+    muted: _builtins.bool
+    """True when the track was published muted."""
+    width: _builtins.int
+    """Video width in pixels; 0 for audio."""
+    height: _builtins.int
+    """Video height in pixels; 0 for audio."""
+    def __init__(
+        self,
+        *,
+        track_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        source: _common_pb2.TrackSource.ValueType = ...,
+        mime_type: _builtins.str = ...,
+        muted: _builtins.bool = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "identity", b"identity", "mime_type", b"mime_type", "muted", b"muted", "participant_id", b"participant_id", "source", b"source", "track_id", b"track_id", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___MediaEvent: _TypeAlias = MediaEvent  # noqa: Y015
+Global___TrackPublished: _TypeAlias = TrackPublished  # noqa: Y015
+
+@_typing.final
+class TrackUnpublished(_message.Message):
+    """A track stopped being published. Its subscriptions end with it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Reason:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[TrackUnpublished._Reason.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        REASON_UNSPECIFIED: TrackUnpublished._Reason.ValueType  # 0
+        """Not set."""
+        REASON_UNPUBLISHED: TrackUnpublished._Reason.ValueType  # 1
+        """The publisher unpublished it."""
+        REASON_PARTICIPANT_LEFT: TrackUnpublished._Reason.ValueType  # 2
+        """The publisher left the room (any leave reason)."""
+        REASON_MEDIA_LOST: TrackUnpublished._Reason.ValueType  # 3
+        """The publisher's media connection failed or stopped sending."""
+        REASON_PERMISSION_REVOKED: TrackUnpublished._Reason.ValueType  # 4
+        """The publisher lost the permission to publish this kind of track."""
+
+    class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
+        """Why the track ended."""
+
+    REASON_UNSPECIFIED: TrackUnpublished.Reason.ValueType  # 0
+    """Not set."""
+    REASON_UNPUBLISHED: TrackUnpublished.Reason.ValueType  # 1
+    """The publisher unpublished it."""
+    REASON_PARTICIPANT_LEFT: TrackUnpublished.Reason.ValueType  # 2
+    """The publisher left the room (any leave reason)."""
+    REASON_MEDIA_LOST: TrackUnpublished.Reason.ValueType  # 3
+    """The publisher's media connection failed or stopped sending."""
+    REASON_PERMISSION_REVOKED: TrackUnpublished.Reason.ValueType  # 4
+    """The publisher lost the permission to publish this kind of track."""
+
+    TRACK_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    track_id: _builtins.str
+    """Id of the track."""
+    participant_id: _builtins.str
+    """The publishing participant."""
+    source: _common_pb2.TrackSource.ValueType
+    """What the track carried."""
+    reason: Global___TrackUnpublished.Reason.ValueType
+    """Why it ended."""
+    def __init__(
+        self,
+        *,
+        track_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        source: _common_pb2.TrackSource.ValueType = ...,
+        reason: Global___TrackUnpublished.Reason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participant_id", b"participant_id", "reason", b"reason", "source", b"source", "track_id", b"track_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackUnpublished: _TypeAlias = TrackUnpublished  # noqa: Y015
+
+@_typing.final
+class TrackMuted(_message.Message):
+    """A track was muted. The event's actor tells whether the publisher or a moderator muted it; a
+    track muted by a moderator can only be unmuted by its publisher.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACK_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    track_id: _builtins.str
+    """Id of the track."""
+    participant_id: _builtins.str
+    """The publishing participant."""
+    source: _common_pb2.TrackSource.ValueType
+    """What the track carries."""
+    def __init__(
+        self,
+        *,
+        track_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        source: _common_pb2.TrackSource.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participant_id", b"participant_id", "source", b"source", "track_id", b"track_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackMuted: _TypeAlias = TrackMuted  # noqa: Y015
+
+@_typing.final
+class TrackUnmuted(_message.Message):
+    """A track was unmuted by its publisher."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACK_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    track_id: _builtins.str
+    """Id of the track."""
+    participant_id: _builtins.str
+    """The publishing participant."""
+    source: _common_pb2.TrackSource.ValueType
+    """What the track carries."""
+    def __init__(
+        self,
+        *,
+        track_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        source: _common_pb2.TrackSource.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participant_id", b"participant_id", "source", b"source", "track_id", b"track_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackUnmuted: _TypeAlias = TrackUnmuted  # noqa: Y015
+
+@_typing.final
+class TrackSubscribed(_message.Message):
+    """A participant subscribed to a track (automatically or selectively)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACK_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIBER_PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    PUBLISHER_PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    track_id: _builtins.str
+    """Id of the track."""
+    subscriber_participant_id: _builtins.str
+    """The subscribing participant."""
+    publisher_participant_id: _builtins.str
+    """The publishing participant."""
+    def __init__(
+        self,
+        *,
+        track_id: _builtins.str = ...,
+        subscriber_participant_id: _builtins.str = ...,
+        publisher_participant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["publisher_participant_id", b"publisher_participant_id", "subscriber_participant_id", b"subscriber_participant_id", "track_id", b"track_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackSubscribed: _TypeAlias = TrackSubscribed  # noqa: Y015
+
+@_typing.final
+class TrackUnsubscribed(_message.Message):
+    """A participant's subscription to a track ended (unsubscribed, track unpublished, or left)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACK_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIBER_PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    PUBLISHER_PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    track_id: _builtins.str
+    """Id of the track."""
+    subscriber_participant_id: _builtins.str
+    """The subscribing participant."""
+    publisher_participant_id: _builtins.str
+    """The publishing participant."""
+    def __init__(
+        self,
+        *,
+        track_id: _builtins.str = ...,
+        subscriber_participant_id: _builtins.str = ...,
+        publisher_participant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["publisher_participant_id", b"publisher_participant_id", "subscriber_participant_id", b"subscriber_participant_id", "track_id", b"track_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackUnsubscribed: _TypeAlias = TrackUnsubscribed  # noqa: Y015
+
+@_typing.final
+class RecordingStarted(_message.Message):
+    """A recording started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    AUTO_STARTED_FIELD_NUMBER: _builtins.int
+    CONSENT_REQUIRED_FIELD_NUMBER: _builtins.int
+    recording_id: _builtins.str
+    """Id of the recording."""
+    auto_started: _builtins.bool
+    """True when it was started by the session's settings rather than a request."""
+    consent_required: _builtins.bool
+    """True when participants must consent before their media is recorded."""
+    def __init__(
+        self,
+        *,
+        recording_id: _builtins.str = ...,
+        auto_started: _builtins.bool = ...,
+        consent_required: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_started", b"auto_started", "consent_required", b"consent_required", "recording_id", b"recording_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordingStarted: _TypeAlias = RecordingStarted  # noqa: Y015
+
+@_typing.final
+class RecordingStopped(_message.Message):
+    """A recording stopped; its files are being finalized."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Reason:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[RecordingStopped._Reason.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        REASON_UNSPECIFIED: RecordingStopped._Reason.ValueType  # 0
+        """Not set."""
+        REASON_REQUESTED: RecordingStopped._Reason.ValueType  # 1
+        """StopRecording was called."""
+        REASON_SESSION_ENDED: RecordingStopped._Reason.ValueType  # 2
+        """The session ended."""
+        REASON_LIMIT_REACHED: RecordingStopped._Reason.ValueType  # 3
+        """The recording reached the tenant's maximum recording length."""
+
+    class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
+        """Why the recording stopped."""
+
+    REASON_UNSPECIFIED: RecordingStopped.Reason.ValueType  # 0
+    """Not set."""
+    REASON_REQUESTED: RecordingStopped.Reason.ValueType  # 1
+    """StopRecording was called."""
+    REASON_SESSION_ENDED: RecordingStopped.Reason.ValueType  # 2
+    """The session ended."""
+    REASON_LIMIT_REACHED: RecordingStopped.Reason.ValueType  # 3
+    """The recording reached the tenant's maximum recording length."""
+
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    recording_id: _builtins.str
+    """Id of the recording."""
+    reason: Global___RecordingStopped.Reason.ValueType
+    """Why it stopped."""
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """How long it recorded."""
+
+    def __init__(
+        self,
+        *,
+        recording_id: _builtins.str = ...,
+        reason: Global___RecordingStopped.Reason.ValueType = ...,
+        duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "reason", b"reason", "recording_id", b"recording_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordingStopped: _TypeAlias = RecordingStopped  # noqa: Y015
+
+@_typing.final
+class RecordingReady(_message.Message):
+    """A recording's files are finalized, stored and downloadable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    FILE_COUNT_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    recording_id: _builtins.str
+    """Id of the recording."""
+    file_count: _builtins.int
+    """Number of files (per-participant files and the mixed-audio file)."""
+    total_size_bytes: _builtins.int
+    """Total size of the files in bytes."""
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """Length of the recording."""
+
+    def __init__(
+        self,
+        *,
+        recording_id: _builtins.str = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        file_count: _builtins.int = ...,
+        total_size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "file_count", b"file_count", "recording_id", b"recording_id", "total_size_bytes", b"total_size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordingReady: _TypeAlias = RecordingReady  # noqa: Y015
+
+@_typing.final
+class RecordingFailed(_message.Message):
+    """A recording failed. Files finalized before the failure stay downloadable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    recording_id: _builtins.str
+    """Id of the recording."""
+    reason: _builtins.str
+    """Machine-readable cause in UPPER_SNAKE_CASE, for example `STORAGE_UNAVAILABLE`."""
+    message: _builtins.str
+    """Human-readable detail."""
+    def __init__(
+        self,
+        *,
+        recording_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "reason", b"reason", "recording_id", b"recording_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordingFailed: _TypeAlias = RecordingFailed  # noqa: Y015
+
+@_typing.final
+class RecordingConsentRequested(_message.Message):
+    """Participants were told that recording started and, when consent is required, asked to consent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    CONSENT_REQUIRED_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_IDS_FIELD_NUMBER: _builtins.int
+    recording_id: _builtins.str
+    """Id of the recording."""
+    consent_required: _builtins.bool
+    """True when a participant's media is recorded only after it consents; false when participants
+    are only informed.
+    """
+    @_builtins.property
+    def participant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The participants asked; empty means everyone in the room."""
+
+    def __init__(
+        self,
+        *,
+        recording_id: _builtins.str = ...,
+        consent_required: _builtins.bool = ...,
+        participant_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_required", b"consent_required", "participant_ids", b"participant_ids", "recording_id", b"recording_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordingConsentRequested: _TypeAlias = RecordingConsentRequested  # noqa: Y015
+
+@_typing.final
+class RecordingConsentGranted(_message.Message):
+    """A participant consented to being recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    recording_id: _builtins.str
+    """Id of the recording."""
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The participant's identity."""
+    def __init__(
+        self,
+        *,
+        recording_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "participant_id", b"participant_id", "recording_id", b"recording_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordingConsentGranted: _TypeAlias = RecordingConsentGranted  # noqa: Y015
+
+@_typing.final
+class RecordingConsentDeclined(_message.Message):
+    """A participant declined to be recorded; its media is left out of the recording."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    recording_id: _builtins.str
+    """Id of the recording."""
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The participant's identity."""
+    def __init__(
+        self,
+        *,
+        recording_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "participant_id", b"participant_id", "recording_id", b"recording_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordingConsentDeclined: _TypeAlias = RecordingConsentDeclined  # noqa: Y015
+
+@_typing.final
+class ActiveSpeakersChanged(_message.Message):
+    """The set of currently speaking participants changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Speaker(_message.Message):
+        """One speaking participant."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+        LEVEL_FIELD_NUMBER: _builtins.int
+        participant_id: _builtins.str
+        """The participant."""
+        level: _builtins.float
+        """Audio level from 0.0 (silence) to 1.0 (loudest)."""
+        def __init__(
+            self,
+            *,
+            participant_id: _builtins.str = ...,
+            level: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "participant_id", b"participant_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SPEAKERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def speakers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActiveSpeakersChanged.Speaker]:
+        """The speakers, loudest first; empty when no one speaks."""
+
+    def __init__(
+        self,
+        *,
+        speakers: _abc.Iterable[Global___ActiveSpeakersChanged.Speaker] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["speakers", b"speakers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActiveSpeakersChanged: _TypeAlias = ActiveSpeakersChanged  # noqa: Y015
+
+@_typing.final
+class SpeakingIntervalRecorded(_message.Message):
+    """A participant finished one speaking interval. Talk time is the sum of these intervals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    TRACK_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The participant's identity."""
+    track_id: _builtins.str
+    """The audio track the speech was detected on."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When speech started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When speech ended."""
+
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        track_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "identity", b"identity", "participant_id", b"participant_id", "start_time", b"start_time", "track_id", b"track_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpeakingIntervalRecorded: _TypeAlias = SpeakingIntervalRecorded  # noqa: Y015
+
+@_typing.final
+class QualitySampleRecorded(_message.Message):
+    """A periodic quality sample of one direction of a participant's media connection, from RTCP
+    statistics.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    TRACK_ID_FIELD_NUMBER: _builtins.int
+    SAMPLE_TIME_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PACKET_LOSS_RATIO_FIELD_NUMBER: _builtins.int
+    JITTER_FIELD_NUMBER: _builtins.int
+    ROUND_TRIP_TIME_FIELD_NUMBER: _builtins.int
+    BITRATE_BPS_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    direction: Global___MediaDirection.ValueType
+    """Which direction the sample measures."""
+    track_id: _builtins.str
+    """The track measured, or empty for the whole connection in that direction."""
+    packet_loss_ratio: _builtins.float
+    """Fraction of packets lost during the period, from 0.0 to 1.0."""
+    bitrate_bps: _builtins.int
+    """Average bitrate over the period, in bits per second."""
+    @_builtins.property
+    def sample_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the sampling period."""
+
+    @_builtins.property
+    def period(self) -> _duration_pb2.Duration:
+        """Length of the sampling period."""
+
+    @_builtins.property
+    def jitter(self) -> _duration_pb2.Duration:
+        """Interarrival jitter."""
+
+    @_builtins.property
+    def round_trip_time(self) -> _duration_pb2.Duration:
+        """Round-trip time."""
+
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        direction: Global___MediaDirection.ValueType = ...,
+        track_id: _builtins.str = ...,
+        sample_time: _timestamp_pb2.Timestamp | None = ...,
+        period: _duration_pb2.Duration | None = ...,
+        packet_loss_ratio: _builtins.float = ...,
+        jitter: _duration_pb2.Duration | None = ...,
+        round_trip_time: _duration_pb2.Duration | None = ...,
+        bitrate_bps: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["jitter", b"jitter", "period", b"period", "round_trip_time", b"round_trip_time", "sample_time", b"sample_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrate_bps", b"bitrate_bps", "direction", b"direction", "jitter", b"jitter", "packet_loss_ratio", b"packet_loss_ratio", "participant_id", b"participant_id", "period", b"period", "round_trip_time", b"round_trip_time", "sample_time", b"sample_time", "track_id", b"track_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QualitySampleRecorded: _TypeAlias = QualitySampleRecorded  # noqa: Y015
+
+@_typing.final
+class TranscriptionStarted(_message.Message):
+    """Transcription started for the session; one recognizer runs per published audio track."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENGINE_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    AUTO_STARTED_FIELD_NUMBER: _builtins.int
+    engine: _builtins.str
+    """The engine (transcription provider name), for example `pocketsphinx`."""
+    language: _builtins.str
+    """The language, as a BCP 47 tag such as `en-US`."""
+    auto_started: _builtins.bool
+    """True when it was started by the session's settings rather than a request."""
+    def __init__(
+        self,
+        *,
+        engine: _builtins.str = ...,
+        language: _builtins.str = ...,
+        auto_started: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_started", b"auto_started", "engine", b"engine", "language", b"language"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TranscriptionStarted: _TypeAlias = TranscriptionStarted  # noqa: Y015
+
+@_typing.final
+class TranscriptionStopped(_message.Message):
+    """Transcription stopped for the session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Reason:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[TranscriptionStopped._Reason.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        REASON_UNSPECIFIED: TranscriptionStopped._Reason.ValueType  # 0
+        """Not set."""
+        REASON_REQUESTED: TranscriptionStopped._Reason.ValueType  # 1
+        """StopTranscription was called."""
+        REASON_SESSION_ENDED: TranscriptionStopped._Reason.ValueType  # 2
+        """The session ended."""
+        REASON_ENGINE_FAILED: TranscriptionStopped._Reason.ValueType  # 3
+        """The engine failed on every track."""
+
+    class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
+        """Why transcription stopped."""
+
+    REASON_UNSPECIFIED: TranscriptionStopped.Reason.ValueType  # 0
+    """Not set."""
+    REASON_REQUESTED: TranscriptionStopped.Reason.ValueType  # 1
+    """StopTranscription was called."""
+    REASON_SESSION_ENDED: TranscriptionStopped.Reason.ValueType  # 2
+    """The session ended."""
+    REASON_ENGINE_FAILED: TranscriptionStopped.Reason.ValueType  # 3
+    """The engine failed on every track."""
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: Global___TranscriptionStopped.Reason.ValueType
+    """Why it stopped."""
+    def __init__(
+        self,
+        *,
+        reason: Global___TranscriptionStopped.Reason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TranscriptionStopped: _TypeAlias = TranscriptionStopped  # noqa: Y015
+
+@_typing.final
+class TranscriptionEngineFailed(_message.Message):
+    """The engine failed on one track. Captions stop for that track only; the session goes on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENGINE_FIELD_NUMBER: _builtins.int
+    TRACK_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    engine: _builtins.str
+    """The engine."""
+    track_id: _builtins.str
+    """The track whose recognizer failed."""
+    participant_id: _builtins.str
+    """The participant publishing the track."""
+    reason: _builtins.str
+    """Machine-readable cause in UPPER_SNAKE_CASE, for example `ENGINE_MODEL_MISSING`."""
+    message: _builtins.str
+    """Human-readable detail."""
+    def __init__(
+        self,
+        *,
+        engine: _builtins.str = ...,
+        track_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "message", b"message", "participant_id", b"participant_id", "reason", b"reason", "track_id", b"track_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TranscriptionEngineFailed: _TypeAlias = TranscriptionEngineFailed  # noqa: Y015
+
+@_typing.final
+class CaptionPartial(_message.Message):
+    """An interim caption: the recognizer's current guess for an utterance in progress. Later
+    partials and the final caption with the same `utterance_id` replace it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UTTERANCE_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    TRACK_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    utterance_id: _builtins.str
+    """Id of the utterance, shared by its partials and its final caption."""
+    participant_id: _builtins.str
+    """The speaking participant (the publisher of the track)."""
+    identity: _builtins.str
+    """The speaker's identity."""
+    display_name: _builtins.str
+    """The speaker's display name."""
+    track_id: _builtins.str
+    """The audio track transcribed."""
+    text: _builtins.str
+    """The text recognized so far."""
+    confidence: _builtins.float
+    """The engine's confidence from 0.0 to 1.0, if it reports one."""
+    language: _builtins.str
+    """The language, as a BCP 47 tag."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the utterance started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The end of the audio recognized so far."""
+
+    def __init__(
+        self,
+        *,
+        utterance_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        track_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        confidence: _builtins.float = ...,
+        language: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "display_name", b"display_name", "end_time", b"end_time", "identity", b"identity", "language", b"language", "participant_id", b"participant_id", "start_time", b"start_time", "text", b"text", "track_id", b"track_id", "utterance_id", b"utterance_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaptionPartial: _TypeAlias = CaptionPartial  # noqa: Y015
+
+@_typing.final
+class CaptionFinal(_message.Message):
+    """The final caption of an utterance; stored as a transcript segment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UTTERANCE_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    TRACK_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    utterance_id: _builtins.str
+    """Id of the utterance, shared with its partials."""
+    participant_id: _builtins.str
+    """The speaking participant (the publisher of the track)."""
+    identity: _builtins.str
+    """The speaker's identity."""
+    display_name: _builtins.str
+    """The speaker's display name."""
+    track_id: _builtins.str
+    """The audio track transcribed."""
+    text: _builtins.str
+    """The recognized text."""
+    confidence: _builtins.float
+    """The engine's confidence from 0.0 to 1.0, if it reports one."""
+    language: _builtins.str
+    """The language, as a BCP 47 tag."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the utterance started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the utterance ended."""
+
+    def __init__(
+        self,
+        *,
+        utterance_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        track_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        confidence: _builtins.float = ...,
+        language: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "display_name", b"display_name", "end_time", b"end_time", "identity", b"identity", "language", b"language", "participant_id", b"participant_id", "start_time", b"start_time", "text", b"text", "track_id", b"track_id", "utterance_id", b"utterance_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaptionFinal: _TypeAlias = CaptionFinal  # noqa: Y015

@@ -22,15 +22,52 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+classwire/api/events/v1/roster_events.proto\x12\x17\x63lasswire.api.events.v1\"\x13\n\x0bRosterEventJ\x04\x08\x01\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+classwire/api/events/v1/roster_events.proto\x12\x17\x63lasswire.api.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x0b\n\x0bRosterEvent\x12O\n\x0eperson_created\x18\x01 \x01(\x0b\x32&.classwire.api.events.v1.PersonCreatedH\x00R\rpersonCreated\x12O\n\x0eperson_updated\x18\x02 \x01(\x0b\x32&.classwire.api.events.v1.PersonUpdatedH\x00R\rpersonUpdated\x12O\n\x0eperson_deleted\x18\x03 \x01(\x0b\x32&.classwire.api.events.v1.PersonDeletedH\x00R\rpersonDeleted\x12R\n\x0fguardian_linked\x18\x04 \x01(\x0b\x32\'.classwire.api.events.v1.GuardianLinkedH\x00R\x0eguardianLinked\x12X\n\x11guardian_unlinked\x18\x05 \x01(\x0b\x32).classwire.api.events.v1.GuardianUnlinkedH\x00R\x10guardianUnlinked\x12O\n\x0e\x63ourse_created\x18\x06 \x01(\x0b\x32&.classwire.api.events.v1.CourseCreatedH\x00R\rcourseCreated\x12O\n\x0e\x63ourse_updated\x18\x07 \x01(\x0b\x32&.classwire.api.events.v1.CourseUpdatedH\x00R\rcourseUpdated\x12L\n\rclass_created\x18\x08 \x01(\x0b\x32%.classwire.api.events.v1.ClassCreatedH\x00R\x0c\x63lassCreated\x12L\n\rclass_updated\x18\t \x01(\x0b\x32%.classwire.api.events.v1.ClassUpdatedH\x00R\x0c\x63lassUpdated\x12[\n\x12\x65nrollment_created\x18\n \x01(\x0b\x32*.classwire.api.events.v1.EnrollmentCreatedH\x00R\x11\x65nrollmentCreated\x12U\n\x10\x65nrollment_ended\x18\x0b \x01(\x0b\x32(.classwire.api.events.v1.EnrollmentEndedH\x00R\x0f\x65nrollmentEnded\x12h\n\x17roster_import_completed\x18\x0c \x01(\x0b\x32..classwire.api.events.v1.RosterImportCompletedH\x00R\x15rosterImportCompleted\x12_\n\x14roster_import_failed\x18\r \x01(\x0b\x32+.classwire.api.events.v1.RosterImportFailedH\x00R\x12rosterImportFailed\x12\x46\n\x0borg_created\x18\x0e \x01(\x0b\x32#.classwire.api.events.v1.OrgCreatedH\x00R\norgCreated\x12\x46\n\x0borg_updated\x18\x0f \x01(\x0b\x32#.classwire.api.events.v1.OrgUpdatedH\x00R\norgUpdated\x12k\n\x18\x61\x63\x61\x64\x65mic_session_created\x18\x10 \x01(\x0b\x32/.classwire.api.events.v1.AcademicSessionCreatedH\x00R\x16\x61\x63\x61\x64\x65micSessionCreated\x12k\n\x18\x61\x63\x61\x64\x65mic_session_updated\x18\x11 \x01(\x0b\x32/.classwire.api.events.v1.AcademicSessionUpdatedH\x00R\x16\x61\x63\x61\x64\x65micSessionUpdatedB\t\n\x07payload\"\x8d\x01\n\rPersonCreated\x12\x1b\n\tperson_id\x18\x01 \x01(\tR\x08personId\x12\x1f\n\x0b\x65xternal_id\x18\x02 \x01(\tR\nexternalId\x12\x14\n\x05roles\x18\x03 \x03(\tR\x05roles\x12(\n\x10roster_import_id\x18\x04 \x01(\tR\x0erosterImportId\"\xb4\x01\n\rPersonUpdated\x12\x1b\n\tperson_id\x18\x01 \x01(\tR\x08personId\x12\x1f\n\x0b\x65xternal_id\x18\x02 \x01(\tR\nexternalId\x12%\n\x0e\x63hanged_fields\x18\x03 \x03(\tR\rchangedFields\x12\x14\n\x05roles\x18\x04 \x03(\tR\x05roles\x12(\n\x10roster_import_id\x18\x05 \x01(\tR\x0erosterImportId\"\x85\x01\n\rPersonDeleted\x12\x1b\n\tperson_id\x18\x01 \x01(\tR\x08personId\x12\x1f\n\x0b\x65xternal_id\x18\x02 \x01(\tR\nexternalId\x12\x36\n\x17\x63\x61ncelled_booking_count\x18\x03 \x01(\x05R\x15\x63\x61ncelledBookingCount\"\xc9\x01\n\x0eGuardianLinked\x12\x1d\n\nlearner_id\x18\x01 \x01(\tR\tlearnerId\x12\x1f\n\x0bguardian_id\x18\x02 \x01(\tR\nguardianId\x12\"\n\x0crelationship\x18\x03 \x01(\tR\x0crelationship\x12)\n\x10receives_notices\x18\x04 \x01(\x08R\x0freceivesNotices\x12(\n\x10roster_import_id\x18\x05 \x01(\tR\x0erosterImportId\"|\n\x10GuardianUnlinked\x12\x1d\n\nlearner_id\x18\x01 \x01(\tR\tlearnerId\x12\x1f\n\x0bguardian_id\x18\x02 \x01(\tR\nguardianId\x12(\n\x10roster_import_id\x18\x03 \x01(\tR\x0erosterImportId\"n\n\nOrgCreated\x12\x15\n\x06org_id\x18\x01 \x01(\tR\x05orgId\x12\x1f\n\x0b\x65xternal_id\x18\x02 \x01(\tR\nexternalId\x12(\n\x10roster_import_id\x18\x03 \x01(\tR\x0erosterImportId\"\x95\x01\n\nOrgUpdated\x12\x15\n\x06org_id\x18\x01 \x01(\tR\x05orgId\x12\x1f\n\x0b\x65xternal_id\x18\x02 \x01(\tR\nexternalId\x12%\n\x0e\x63hanged_fields\x18\x03 \x03(\tR\rchangedFields\x12(\n\x10roster_import_id\x18\x04 \x01(\tR\x0erosterImportId\"\x93\x01\n\x16\x41\x63\x61\x64\x65micSessionCreated\x12.\n\x13\x61\x63\x61\x64\x65mic_session_id\x18\x01 \x01(\tR\x11\x61\x63\x61\x64\x65micSessionId\x12\x1f\n\x0b\x65xternal_id\x18\x02 \x01(\tR\nexternalId\x12(\n\x10roster_import_id\x18\x03 \x01(\tR\x0erosterImportId\"\xba\x01\n\x16\x41\x63\x61\x64\x65micSessionUpdated\x12.\n\x13\x61\x63\x61\x64\x65mic_session_id\x18\x01 \x01(\tR\x11\x61\x63\x61\x64\x65micSessionId\x12\x1f\n\x0b\x65xternal_id\x18\x02 \x01(\tR\nexternalId\x12%\n\x0e\x63hanged_fields\x18\x03 \x03(\tR\rchangedFields\x12(\n\x10roster_import_id\x18\x04 \x01(\tR\x0erosterImportId\"\x8e\x01\n\rCourseCreated\x12\x1b\n\tcourse_id\x18\x01 \x01(\tR\x08\x63ourseId\x12\x1f\n\x0b\x65xternal_id\x18\x02 \x01(\tR\nexternalId\x12\x15\n\x06org_id\x18\x03 \x01(\tR\x05orgId\x12(\n\x10roster_import_id\x18\x04 \x01(\tR\x0erosterImportId\"\x9e\x01\n\rCourseUpdated\x12\x1b\n\tcourse_id\x18\x01 \x01(\tR\x08\x63ourseId\x12\x1f\n\x0b\x65xternal_id\x18\x02 \x01(\tR\nexternalId\x12%\n\x0e\x63hanged_fields\x18\x03 \x03(\tR\rchangedFields\x12(\n\x10roster_import_id\x18\x04 \x01(\tR\x0erosterImportId\"\xa8\x01\n\x0c\x43lassCreated\x12\x19\n\x08\x63lass_id\x18\x01 \x01(\tR\x07\x63lassId\x12\x1f\n\x0b\x65xternal_id\x18\x02 \x01(\tR\nexternalId\x12\x1b\n\tcourse_id\x18\x03 \x01(\tR\x08\x63ourseId\x12\x15\n\x06org_id\x18\x04 \x01(\tR\x05orgId\x12(\n\x10roster_import_id\x18\x05 \x01(\tR\x0erosterImportId\"\x9b\x01\n\x0c\x43lassUpdated\x12\x19\n\x08\x63lass_id\x18\x01 \x01(\tR\x07\x63lassId\x12\x1f\n\x0b\x65xternal_id\x18\x02 \x01(\tR\nexternalId\x12%\n\x0e\x63hanged_fields\x18\x03 \x03(\tR\rchangedFields\x12(\n\x10roster_import_id\x18\x04 \x01(\tR\x0erosterImportId\"\xa4\x02\n\x11\x45nrollmentCreated\x12#\n\renrollment_id\x18\x01 \x01(\tR\x0c\x65nrollmentId\x12\x1f\n\x0b\x65xternal_id\x18\x02 \x01(\tR\nexternalId\x12\x1b\n\tperson_id\x18\x03 \x01(\tR\x08personId\x12\x19\n\x08\x63lass_id\x18\x04 \x01(\tR\x07\x63lassId\x12\x12\n\x04role\x18\x05 \x01(\tR\x04role\x12\x18\n\x07primary\x18\x06 \x01(\x08R\x07primary\x12\x39\n\nbegin_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tbeginTime\x12(\n\x10roster_import_id\x18\x08 \x01(\tR\x0erosterImportId\"\xfb\x01\n\x0f\x45nrollmentEnded\x12#\n\renrollment_id\x18\x01 \x01(\tR\x0c\x65nrollmentId\x12\x1b\n\tperson_id\x18\x02 \x01(\tR\x08personId\x12\x19\n\x08\x63lass_id\x18\x03 \x01(\tR\x07\x63lassId\x12\x12\n\x04role\x18\x04 \x01(\tR\x04role\x12\x35\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x16\n\x06reason\x18\x06 \x01(\tR\x06reason\x12(\n\x10roster_import_id\x18\x07 \x01(\tR\x0erosterImportId\"\xb4\x01\n\x12RosterImportCounts\x12\x16\n\x06\x65ntity\x18\x01 \x01(\tR\x06\x65ntity\x12\x12\n\x04rows\x18\x02 \x01(\x05R\x04rows\x12\x18\n\x07\x63reated\x18\x03 \x01(\x05R\x07\x63reated\x12\x18\n\x07updated\x18\x04 \x01(\x05R\x07updated\x12 \n\x0b\x64\x65\x61\x63tivated\x18\x05 \x01(\x05R\x0b\x64\x65\x61\x63tivated\x12\x1c\n\tunchanged\x18\x06 \x01(\x05R\tunchanged\"\xd8\x01\n\x15RosterImportCompleted\x12(\n\x10roster_import_id\x18\x01 \x01(\tR\x0erosterImportId\x12\x17\n\x07\x64ry_run\x18\x02 \x01(\x08R\x06\x64ryRun\x12\x12\n\x04mode\x18\x03 \x01(\tR\x04mode\x12\x43\n\x06\x63ounts\x18\x04 \x03(\x0b\x32+.classwire.api.events.v1.RosterImportCountsR\x06\x63ounts\x12#\n\rwarning_count\x18\x05 \x01(\x05R\x0cwarningCount\"\xdd\x01\n\x12RosterImportFailed\x12(\n\x10roster_import_id\x18\x01 \x01(\tR\x0erosterImportId\x12\x17\n\x07\x64ry_run\x18\x02 \x01(\x08R\x06\x64ryRun\x12\x12\n\x04mode\x18\x03 \x01(\tR\x04mode\x12\x1f\n\x0b\x65rror_count\x18\x04 \x01(\x05R\nerrorCount\x12#\n\rwarning_count\x18\x05 \x01(\x05R\x0cwarningCount\x12*\n\x11\x66iles_with_errors\x18\x06 \x03(\tR\x0f\x66ilesWithErrorsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'classwire.api.events.v1.roster_events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROSTEREVENT']._serialized_start=72
-  _globals['_ROSTEREVENT']._serialized_end=91
+  _globals['_ROSTEREVENT']._serialized_start=106
+  _globals['_ROSTEREVENT']._serialized_end=1610
+  _globals['_PERSONCREATED']._serialized_start=1613
+  _globals['_PERSONCREATED']._serialized_end=1754
+  _globals['_PERSONUPDATED']._serialized_start=1757
+  _globals['_PERSONUPDATED']._serialized_end=1937
+  _globals['_PERSONDELETED']._serialized_start=1940
+  _globals['_PERSONDELETED']._serialized_end=2073
+  _globals['_GUARDIANLINKED']._serialized_start=2076
+  _globals['_GUARDIANLINKED']._serialized_end=2277
+  _globals['_GUARDIANUNLINKED']._serialized_start=2279
+  _globals['_GUARDIANUNLINKED']._serialized_end=2403
+  _globals['_ORGCREATED']._serialized_start=2405
+  _globals['_ORGCREATED']._serialized_end=2515
+  _globals['_ORGUPDATED']._serialized_start=2518
+  _globals['_ORGUPDATED']._serialized_end=2667
+  _globals['_ACADEMICSESSIONCREATED']._serialized_start=2670
+  _globals['_ACADEMICSESSIONCREATED']._serialized_end=2817
+  _globals['_ACADEMICSESSIONUPDATED']._serialized_start=2820
+  _globals['_ACADEMICSESSIONUPDATED']._serialized_end=3006
+  _globals['_COURSECREATED']._serialized_start=3009
+  _globals['_COURSECREATED']._serialized_end=3151
+  _globals['_COURSEUPDATED']._serialized_start=3154
+  _globals['_COURSEUPDATED']._serialized_end=3312
+  _globals['_CLASSCREATED']._serialized_start=3315
+  _globals['_CLASSCREATED']._serialized_end=3483
+  _globals['_CLASSUPDATED']._serialized_start=3486
+  _globals['_CLASSUPDATED']._serialized_end=3641
+  _globals['_ENROLLMENTCREATED']._serialized_start=3644
+  _globals['_ENROLLMENTCREATED']._serialized_end=3936
+  _globals['_ENROLLMENTENDED']._serialized_start=3939
+  _globals['_ENROLLMENTENDED']._serialized_end=4190
+  _globals['_ROSTERIMPORTCOUNTS']._serialized_start=4193
+  _globals['_ROSTERIMPORTCOUNTS']._serialized_end=4373
+  _globals['_ROSTERIMPORTCOMPLETED']._serialized_start=4376
+  _globals['_ROSTERIMPORTCOMPLETED']._serialized_end=4592
+  _globals['_ROSTERIMPORTFAILED']._serialized_start=4595
+  _globals['_ROSTERIMPORTFAILED']._serialized_end=4816
 # @@protoc_insertion_point(module_scope)

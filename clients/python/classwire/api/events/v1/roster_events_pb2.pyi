@@ -3,8 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,17 +21,809 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class RosterEvent(_message.Message):
-    """Events owned by the roster area."""
+    """Events owned by the roster area (`classwire.api.roster.v1`). Payloads carry ids, external
+    ids and the paths of changed fields, never personal data (names, addresses): the log is
+    durable and replayable, and a person's data must be erasable. Read the current state with
+    RosterService. Enum values are carried as the roster enum's value name (as in JSON), because
+    this package does not import area packages.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PERSON_CREATED_FIELD_NUMBER: _builtins.int
+    PERSON_UPDATED_FIELD_NUMBER: _builtins.int
+    PERSON_DELETED_FIELD_NUMBER: _builtins.int
+    GUARDIAN_LINKED_FIELD_NUMBER: _builtins.int
+    GUARDIAN_UNLINKED_FIELD_NUMBER: _builtins.int
+    COURSE_CREATED_FIELD_NUMBER: _builtins.int
+    COURSE_UPDATED_FIELD_NUMBER: _builtins.int
+    CLASS_CREATED_FIELD_NUMBER: _builtins.int
+    CLASS_UPDATED_FIELD_NUMBER: _builtins.int
+    ENROLLMENT_CREATED_FIELD_NUMBER: _builtins.int
+    ENROLLMENT_ENDED_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_COMPLETED_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_FAILED_FIELD_NUMBER: _builtins.int
+    ORG_CREATED_FIELD_NUMBER: _builtins.int
+    ORG_UPDATED_FIELD_NUMBER: _builtins.int
+    ACADEMIC_SESSION_CREATED_FIELD_NUMBER: _builtins.int
+    ACADEMIC_SESSION_UPDATED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def person_created(self) -> Global___PersonCreated:
+        """A person was created."""
+
+    @_builtins.property
+    def person_updated(self) -> Global___PersonUpdated:
+        """A person was changed."""
+
+    @_builtins.property
+    def person_deleted(self) -> Global___PersonDeleted:
+        """A person was deleted and their personal data erased."""
+
+    @_builtins.property
+    def guardian_linked(self) -> Global___GuardianLinked:
+        """A guardian was linked to a learner."""
+
+    @_builtins.property
+    def guardian_unlinked(self) -> Global___GuardianUnlinked:
+        """A guardian was unlinked from a learner."""
+
+    @_builtins.property
+    def course_created(self) -> Global___CourseCreated:
+        """A course was created."""
+
+    @_builtins.property
+    def course_updated(self) -> Global___CourseUpdated:
+        """A course was changed."""
+
+    @_builtins.property
+    def class_created(self) -> Global___ClassCreated:
+        """A class was created."""
+
+    @_builtins.property
+    def class_updated(self) -> Global___ClassUpdated:
+        """A class was changed."""
+
+    @_builtins.property
+    def enrollment_created(self) -> Global___EnrollmentCreated:
+        """A person was enrolled in a class."""
+
+    @_builtins.property
+    def enrollment_ended(self) -> Global___EnrollmentEnded:
+        """An enrollment ended."""
+
+    @_builtins.property
+    def roster_import_completed(self) -> Global___RosterImportCompleted:
+        """A roster import finished without errors (applied, or validated for a dry run)."""
+
+    @_builtins.property
+    def roster_import_failed(self) -> Global___RosterImportFailed:
+        """A roster import had errors; nothing was applied."""
+
+    @_builtins.property
+    def org_created(self) -> Global___OrgCreated:
+        """An organisation was created."""
+
+    @_builtins.property
+    def org_updated(self) -> Global___OrgUpdated:
+        """An organisation was changed."""
+
+    @_builtins.property
+    def academic_session_created(self) -> Global___AcademicSessionCreated:
+        """An academic session was created."""
+
+    @_builtins.property
+    def academic_session_updated(self) -> Global___AcademicSessionUpdated:
+        """An academic session was changed."""
+
     def __init__(
         self,
+        *,
+        person_created: Global___PersonCreated | None = ...,
+        person_updated: Global___PersonUpdated | None = ...,
+        person_deleted: Global___PersonDeleted | None = ...,
+        guardian_linked: Global___GuardianLinked | None = ...,
+        guardian_unlinked: Global___GuardianUnlinked | None = ...,
+        course_created: Global___CourseCreated | None = ...,
+        course_updated: Global___CourseUpdated | None = ...,
+        class_created: Global___ClassCreated | None = ...,
+        class_updated: Global___ClassUpdated | None = ...,
+        enrollment_created: Global___EnrollmentCreated | None = ...,
+        enrollment_ended: Global___EnrollmentEnded | None = ...,
+        roster_import_completed: Global___RosterImportCompleted | None = ...,
+        roster_import_failed: Global___RosterImportFailed | None = ...,
+        org_created: Global___OrgCreated | None = ...,
+        org_updated: Global___OrgUpdated | None = ...,
+        academic_session_created: Global___AcademicSessionCreated | None = ...,
+        academic_session_updated: Global___AcademicSessionUpdated | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["academic_session_created", b"academic_session_created", "academic_session_updated", b"academic_session_updated", "class_created", b"class_created", "class_updated", b"class_updated", "course_created", b"course_created", "course_updated", b"course_updated", "enrollment_created", b"enrollment_created", "enrollment_ended", b"enrollment_ended", "guardian_linked", b"guardian_linked", "guardian_unlinked", b"guardian_unlinked", "org_created", b"org_created", "org_updated", b"org_updated", "payload", b"payload", "person_created", b"person_created", "person_deleted", b"person_deleted", "person_updated", b"person_updated", "roster_import_completed", b"roster_import_completed", "roster_import_failed", b"roster_import_failed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["academic_session_created", b"academic_session_created", "academic_session_updated", b"academic_session_updated", "class_created", b"class_created", "class_updated", b"class_updated", "course_created", b"course_created", "course_updated", b"course_updated", "enrollment_created", b"enrollment_created", "enrollment_ended", b"enrollment_ended", "guardian_linked", b"guardian_linked", "guardian_unlinked", b"guardian_unlinked", "org_created", b"org_created", "org_updated", b"org_updated", "payload", b"payload", "person_created", b"person_created", "person_deleted", b"person_deleted", "person_updated", b"person_updated", "roster_import_completed", b"roster_import_completed", "roster_import_failed", b"roster_import_failed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["person_created", "person_updated", "person_deleted", "guardian_linked", "guardian_unlinked", "course_created", "course_updated", "class_created", "class_updated", "enrollment_created", "enrollment_ended", "roster_import_completed", "roster_import_failed", "org_created", "org_updated", "academic_session_created", "academic_session_updated"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___RosterEvent: _TypeAlias = RosterEvent  # noqa: Y015
+
+@_typing.final
+class PersonCreated(_message.Message):
+    """A person was created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    """The person."""
+    external_id: _builtins.str
+    """The person's external (sourced) id, if any."""
+    roster_import_id: _builtins.str
+    """The roster import that created the person, if any."""
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The person's roles, as `classwire.api.roster.v1.PersonRole` value names
+        (`PERSON_ROLE_LEARNER`).
+        """
+
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
+        roster_import_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "person_id", b"person_id", "roles", b"roles", "roster_import_id", b"roster_import_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RosterEvent: _TypeAlias = RosterEvent  # noqa: Y015
+Global___PersonCreated: _TypeAlias = PersonCreated  # noqa: Y015
+
+@_typing.final
+class PersonUpdated(_message.Message):
+    """A person was changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    """The person."""
+    external_id: _builtins.str
+    """The person's external id, if any."""
+    roster_import_id: _builtins.str
+    """The roster import that changed the person, if any."""
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The changed fields, as field-mask paths of `classwire.api.roster.v1.Person`
+        (`contact_channels`, `notification_settings`, `roles`).
+        """
+
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The person's roles after the change, as PersonRole value names."""
+
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
+        roster_import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_fields", b"changed_fields", "external_id", b"external_id", "person_id", b"person_id", "roles", b"roles", "roster_import_id", b"roster_import_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersonUpdated: _TypeAlias = PersonUpdated  # noqa: Y015
+
+@_typing.final
+class PersonDeleted(_message.Message):
+    """A person was deleted and their personal data erased."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    CANCELLED_BOOKING_COUNT_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    """The person."""
+    external_id: _builtins.str
+    """The person's external id, if any."""
+    cancelled_booking_count: _builtins.int
+    """Number of upcoming bookings cancelled because the deletion was forced."""
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        cancelled_booking_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_booking_count", b"cancelled_booking_count", "external_id", b"external_id", "person_id", b"person_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersonDeleted: _TypeAlias = PersonDeleted  # noqa: Y015
+
+@_typing.final
+class GuardianLinked(_message.Message):
+    """A guardian was linked to a learner."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    GUARDIAN_ID_FIELD_NUMBER: _builtins.int
+    RELATIONSHIP_FIELD_NUMBER: _builtins.int
+    RECEIVES_NOTICES_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    learner_id: _builtins.str
+    """The learner."""
+    guardian_id: _builtins.str
+    """The guardian."""
+    relationship: _builtins.str
+    """The relationship, as a `classwire.api.roster.v1.GuardianRelationship` value name."""
+    receives_notices: _builtins.bool
+    """Whether the guardian receives the learner's notices."""
+    roster_import_id: _builtins.str
+    """The roster import that made the link, if any."""
+    def __init__(
+        self,
+        *,
+        learner_id: _builtins.str = ...,
+        guardian_id: _builtins.str = ...,
+        relationship: _builtins.str = ...,
+        receives_notices: _builtins.bool = ...,
+        roster_import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guardian_id", b"guardian_id", "learner_id", b"learner_id", "receives_notices", b"receives_notices", "relationship", b"relationship", "roster_import_id", b"roster_import_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuardianLinked: _TypeAlias = GuardianLinked  # noqa: Y015
+
+@_typing.final
+class GuardianUnlinked(_message.Message):
+    """A guardian was unlinked from a learner."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    GUARDIAN_ID_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    learner_id: _builtins.str
+    """The learner."""
+    guardian_id: _builtins.str
+    """The guardian."""
+    roster_import_id: _builtins.str
+    """The roster import that removed the link, if any."""
+    def __init__(
+        self,
+        *,
+        learner_id: _builtins.str = ...,
+        guardian_id: _builtins.str = ...,
+        roster_import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guardian_id", b"guardian_id", "learner_id", b"learner_id", "roster_import_id", b"roster_import_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuardianUnlinked: _TypeAlias = GuardianUnlinked  # noqa: Y015
+
+@_typing.final
+class OrgCreated(_message.Message):
+    """An organisation was created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """The organisation."""
+    external_id: _builtins.str
+    """Its external id, if any."""
+    roster_import_id: _builtins.str
+    """The roster import that created it, if any."""
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        roster_import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "org_id", b"org_id", "roster_import_id", b"roster_import_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrgCreated: _TypeAlias = OrgCreated  # noqa: Y015
+
+@_typing.final
+class OrgUpdated(_message.Message):
+    """An organisation was changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    org_id: _builtins.str
+    """The organisation."""
+    external_id: _builtins.str
+    """Its external id, if any."""
+    roster_import_id: _builtins.str
+    """The roster import that changed it, if any."""
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The changed fields, as field-mask paths of `classwire.api.roster.v1.Org`."""
+
+    def __init__(
+        self,
+        *,
+        org_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+        roster_import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_fields", b"changed_fields", "external_id", b"external_id", "org_id", b"org_id", "roster_import_id", b"roster_import_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrgUpdated: _TypeAlias = OrgUpdated  # noqa: Y015
+
+@_typing.final
+class AcademicSessionCreated(_message.Message):
+    """An academic session was created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACADEMIC_SESSION_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    academic_session_id: _builtins.str
+    """The academic session."""
+    external_id: _builtins.str
+    """Its external id, if any."""
+    roster_import_id: _builtins.str
+    """The roster import that created it, if any."""
+    def __init__(
+        self,
+        *,
+        academic_session_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        roster_import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["academic_session_id", b"academic_session_id", "external_id", b"external_id", "roster_import_id", b"roster_import_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcademicSessionCreated: _TypeAlias = AcademicSessionCreated  # noqa: Y015
+
+@_typing.final
+class AcademicSessionUpdated(_message.Message):
+    """An academic session was changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACADEMIC_SESSION_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    academic_session_id: _builtins.str
+    """The academic session."""
+    external_id: _builtins.str
+    """Its external id, if any."""
+    roster_import_id: _builtins.str
+    """The roster import that changed it, if any."""
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The changed fields, as field-mask paths of `classwire.api.roster.v1.AcademicSession`."""
+
+    def __init__(
+        self,
+        *,
+        academic_session_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+        roster_import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["academic_session_id", b"academic_session_id", "changed_fields", b"changed_fields", "external_id", b"external_id", "roster_import_id", b"roster_import_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcademicSessionUpdated: _TypeAlias = AcademicSessionUpdated  # noqa: Y015
+
+@_typing.final
+class CourseCreated(_message.Message):
+    """A course was created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COURSE_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    course_id: _builtins.str
+    """The course."""
+    external_id: _builtins.str
+    """Its external id, if any."""
+    org_id: _builtins.str
+    """The organisation offering it."""
+    roster_import_id: _builtins.str
+    """The roster import that created it, if any."""
+    def __init__(
+        self,
+        *,
+        course_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        roster_import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["course_id", b"course_id", "external_id", b"external_id", "org_id", b"org_id", "roster_import_id", b"roster_import_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CourseCreated: _TypeAlias = CourseCreated  # noqa: Y015
+
+@_typing.final
+class CourseUpdated(_message.Message):
+    """A course was changed (archiving sets `state`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COURSE_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    course_id: _builtins.str
+    """The course."""
+    external_id: _builtins.str
+    """Its external id, if any."""
+    roster_import_id: _builtins.str
+    """The roster import that changed it, if any."""
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The changed fields, as field-mask paths of `classwire.api.roster.v1.Course`."""
+
+    def __init__(
+        self,
+        *,
+        course_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+        roster_import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_fields", b"changed_fields", "course_id", b"course_id", "external_id", b"external_id", "roster_import_id", b"roster_import_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CourseUpdated: _TypeAlias = CourseUpdated  # noqa: Y015
+
+@_typing.final
+class ClassCreated(_message.Message):
+    """A class was created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASS_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    COURSE_ID_FIELD_NUMBER: _builtins.int
+    ORG_ID_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    class_id: _builtins.str
+    """The class."""
+    external_id: _builtins.str
+    """Its external id, if any."""
+    course_id: _builtins.str
+    """Its course."""
+    org_id: _builtins.str
+    """Its school."""
+    roster_import_id: _builtins.str
+    """The roster import that created it, if any."""
+    def __init__(
+        self,
+        *,
+        class_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        course_id: _builtins.str = ...,
+        org_id: _builtins.str = ...,
+        roster_import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_id", b"class_id", "course_id", b"course_id", "external_id", b"external_id", "org_id", b"org_id", "roster_import_id", b"roster_import_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassCreated: _TypeAlias = ClassCreated  # noqa: Y015
+
+@_typing.final
+class ClassUpdated(_message.Message):
+    """A class was changed (archiving sets `state`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASS_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    class_id: _builtins.str
+    """The class."""
+    external_id: _builtins.str
+    """Its external id, if any."""
+    roster_import_id: _builtins.str
+    """The roster import that changed it, if any."""
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The changed fields, as field-mask paths of `classwire.api.roster.v1.Class`."""
+
+    def __init__(
+        self,
+        *,
+        class_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+        roster_import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_fields", b"changed_fields", "class_id", b"class_id", "external_id", b"external_id", "roster_import_id", b"roster_import_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassUpdated: _TypeAlias = ClassUpdated  # noqa: Y015
+
+@_typing.final
+class EnrollmentCreated(_message.Message):
+    """A person was enrolled in a class."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENROLLMENT_ID_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    CLASS_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    PRIMARY_FIELD_NUMBER: _builtins.int
+    BEGIN_TIME_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    enrollment_id: _builtins.str
+    """The enrollment."""
+    external_id: _builtins.str
+    """Its external id, if any."""
+    person_id: _builtins.str
+    """The person."""
+    class_id: _builtins.str
+    """The class."""
+    role: _builtins.str
+    """The role, as a `classwire.api.roster.v1.EnrollmentRole` value name."""
+    primary: _builtins.bool
+    """For an instructor: whether primary."""
+    roster_import_id: _builtins.str
+    """The roster import that created it, if any."""
+    @_builtins.property
+    def begin_time(self) -> _timestamp_pb2.Timestamp:
+        """When it begins."""
+
+    def __init__(
+        self,
+        *,
+        enrollment_id: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        person_id: _builtins.str = ...,
+        class_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        primary: _builtins.bool = ...,
+        begin_time: _timestamp_pb2.Timestamp | None = ...,
+        roster_import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["begin_time", b"begin_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["begin_time", b"begin_time", "class_id", b"class_id", "enrollment_id", b"enrollment_id", "external_id", b"external_id", "person_id", b"person_id", "primary", b"primary", "role", b"role", "roster_import_id", b"roster_import_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrollmentCreated: _TypeAlias = EnrollmentCreated  # noqa: Y015
+
+@_typing.final
+class EnrollmentEnded(_message.Message):
+    """An enrollment ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENROLLMENT_ID_FIELD_NUMBER: _builtins.int
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    CLASS_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    enrollment_id: _builtins.str
+    """The enrollment."""
+    person_id: _builtins.str
+    """The person."""
+    class_id: _builtins.str
+    """The class."""
+    role: _builtins.str
+    """The role, as a `classwire.api.roster.v1.EnrollmentRole` value name."""
+    reason: _builtins.str
+    """Why, for people."""
+    roster_import_id: _builtins.str
+    """The roster import that ended it, if any."""
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ended."""
+
+    def __init__(
+        self,
+        *,
+        enrollment_id: _builtins.str = ...,
+        person_id: _builtins.str = ...,
+        class_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        roster_import_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_id", b"class_id", "end_time", b"end_time", "enrollment_id", b"enrollment_id", "person_id", b"person_id", "reason", b"reason", "role", b"role", "roster_import_id", b"roster_import_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrollmentEnded: _TypeAlias = EnrollmentEnded  # noqa: Y015
+
+@_typing.final
+class RosterImportCounts(_message.Message):
+    """What an import did to one kind of record (mirrors `classwire.api.roster.v1.ImportCounts`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITY_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELD_NUMBER: _builtins.int
+    DEACTIVATED_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    entity: _builtins.str
+    """The kind of record, as a `classwire.api.roster.v1.ImportEntity` value name."""
+    rows: _builtins.int
+    """Rows read."""
+    created: _builtins.int
+    """Records created."""
+    updated: _builtins.int
+    """Records changed."""
+    deactivated: _builtins.int
+    """Records made inactive."""
+    unchanged: _builtins.int
+    """Rows that changed nothing."""
+    def __init__(
+        self,
+        *,
+        entity: _builtins.str = ...,
+        rows: _builtins.int = ...,
+        created: _builtins.int = ...,
+        updated: _builtins.int = ...,
+        deactivated: _builtins.int = ...,
+        unchanged: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "deactivated", b"deactivated", "entity", b"entity", "rows", b"rows", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RosterImportCounts: _TypeAlias = RosterImportCounts  # noqa: Y015
+
+@_typing.final
+class RosterImportCompleted(_message.Message):
+    """A roster import finished without errors."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    WARNING_COUNT_FIELD_NUMBER: _builtins.int
+    roster_import_id: _builtins.str
+    """The import; GetRosterImport returns its full report."""
+    dry_run: _builtins.bool
+    """Whether it was a dry run (nothing applied) rather than applied."""
+    mode: _builtins.str
+    """The mode, as a `classwire.api.roster.v1.ImportMode` value name."""
+    warning_count: _builtins.int
+    """Number of warnings."""
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RosterImportCounts]:
+        """Counts per kind of record."""
+
+    def __init__(
+        self,
+        *,
+        roster_import_id: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+        mode: _builtins.str = ...,
+        counts: _abc.Iterable[Global___RosterImportCounts] | None = ...,
+        warning_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "dry_run", b"dry_run", "mode", b"mode", "roster_import_id", b"roster_import_id", "warning_count", b"warning_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RosterImportCompleted: _TypeAlias = RosterImportCompleted  # noqa: Y015
+
+@_typing.final
+class RosterImportFailed(_message.Message):
+    """A roster import had errors; nothing was applied."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROSTER_IMPORT_ID_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    ERROR_COUNT_FIELD_NUMBER: _builtins.int
+    WARNING_COUNT_FIELD_NUMBER: _builtins.int
+    FILES_WITH_ERRORS_FIELD_NUMBER: _builtins.int
+    roster_import_id: _builtins.str
+    """The import; GetRosterImport returns every error with file, line, field and reason."""
+    dry_run: _builtins.bool
+    """Whether it was a dry run."""
+    mode: _builtins.str
+    """The mode, as a `classwire.api.roster.v1.ImportMode` value name."""
+    error_count: _builtins.int
+    """Number of errors."""
+    warning_count: _builtins.int
+    """Number of warnings."""
+    @_builtins.property
+    def files_with_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The files that had errors."""
+
+    def __init__(
+        self,
+        *,
+        roster_import_id: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+        mode: _builtins.str = ...,
+        error_count: _builtins.int = ...,
+        warning_count: _builtins.int = ...,
+        files_with_errors: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "error_count", b"error_count", "files_with_errors", b"files_with_errors", "mode", b"mode", "roster_import_id", b"roster_import_id", "warning_count", b"warning_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RosterImportFailed: _TypeAlias = RosterImportFailed  # noqa: Y015

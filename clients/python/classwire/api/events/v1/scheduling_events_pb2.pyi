@@ -3,8 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,17 +22,1166 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class SchedulingEvent(_message.Message):
-    """Events owned by the scheduling area."""
+    """Events owned by the scheduling area (`classwire.api.scheduling.v1`). Payloads carry ids and
+    times, never personal data; read the current state with SchedulingService. Enum values are
+    carried as the scheduling enum's value name (as in JSON), because this package does not import
+    area packages. A one-off booking's changes are Booking* events; an occurrence of a series is
+    moved and cancelled as Occurrence* events, every other change of an occurrence is a Booking*
+    event with `series_id` set.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    BOOKING_CREATED_FIELD_NUMBER: _builtins.int
+    BOOKING_RESCHEDULED_FIELD_NUMBER: _builtins.int
+    BOOKING_CANCELLED_FIELD_NUMBER: _builtins.int
+    BOOKING_NO_SHOW_MARKED_FIELD_NUMBER: _builtins.int
+    SERIES_CREATED_FIELD_NUMBER: _builtins.int
+    SERIES_UPDATED_FIELD_NUMBER: _builtins.int
+    SERIES_CANCELLED_FIELD_NUMBER: _builtins.int
+    OCCURRENCE_MOVED_FIELD_NUMBER: _builtins.int
+    OCCURRENCE_CANCELLED_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_ASSIGNED_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_UNASSIGNED_FIELD_NUMBER: _builtins.int
+    BULK_ASSIGNMENT_APPLIED_FIELD_NUMBER: _builtins.int
+    SESSION_PROVISIONED_FIELD_NUMBER: _builtins.int
+    REMINDER_DUE_FIELD_NUMBER: _builtins.int
+    REMINDER_SENT_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_NO_SHOW_DETECTED_FIELD_NUMBER: _builtins.int
+    SUBSTITUTE_PROPOSED_FIELD_NUMBER: _builtins.int
+    SUBSTITUTE_ASSIGNED_FIELD_NUMBER: _builtins.int
+    AVAILABILITY_CHANGED_FIELD_NUMBER: _builtins.int
+    BOOKING_SEAT_RESERVED_FIELD_NUMBER: _builtins.int
+    BOOKING_SEAT_RELEASED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def booking_created(self) -> Global___BookingCreated:
+        """A booking (one-off or occurrence) was created."""
+
+    @_builtins.property
+    def booking_rescheduled(self) -> Global___BookingRescheduled:
+        """A one-off booking was moved."""
+
+    @_builtins.property
+    def booking_cancelled(self) -> Global___BookingCancelled:
+        """A one-off booking was cancelled."""
+
+    @_builtins.property
+    def booking_no_show_marked(self) -> Global___BookingNoShowMarked:
+        """Participants of a booking were marked as no-shows."""
+
+    @_builtins.property
+    def series_created(self) -> Global___SeriesCreated:
+        """A recurring series was created."""
+
+    @_builtins.property
+    def series_updated(self) -> Global___SeriesUpdated:
+        """A series was changed."""
+
+    @_builtins.property
+    def series_cancelled(self) -> Global___SeriesCancelled:
+        """A series was cancelled from some occurrence on."""
+
+    @_builtins.property
+    def occurrence_moved(self) -> Global___OccurrenceMoved:
+        """One occurrence of a series was moved."""
+
+    @_builtins.property
+    def occurrence_cancelled(self) -> Global___OccurrenceCancelled:
+        """One occurrence of a series was cancelled."""
+
+    @_builtins.property
+    def instructor_assigned(self) -> Global___InstructorAssigned:
+        """An instructor was assigned to a booking or a series."""
+
+    @_builtins.property
+    def instructor_unassigned(self) -> Global___InstructorUnassigned:
+        """An instructor was removed from a booking or a series."""
+
+    @_builtins.property
+    def bulk_assignment_applied(self) -> Global___BulkAssignmentApplied:
+        """A bulk assignment plan was applied."""
+
+    @_builtins.property
+    def session_provisioned(self) -> Global___SessionProvisioned:
+        """A booking's live session was provisioned."""
+
+    @_builtins.property
+    def reminder_due(self) -> Global___ReminderDue:
+        """A reminder's time came (the notification workflow sends it)."""
+
+    @_builtins.property
+    def reminder_sent(self) -> Global___ReminderSent:
+        """A reminder was sent to one recipient on one channel."""
+
+    @_builtins.property
+    def instructor_no_show_detected(self) -> Global___InstructorNoShowDetected:
+        """An instructor had not joined by the end of the grace period."""
+
+    @_builtins.property
+    def substitute_proposed(self) -> Global___SubstituteProposed:
+        """Substitutes were proposed for a booking."""
+
+    @_builtins.property
+    def substitute_assigned(self) -> Global___SubstituteAssigned:
+        """A substitute was assigned to a booking."""
+
+    @_builtins.property
+    def availability_changed(self) -> Global___AvailabilityChanged:
+        """A person's availability changed."""
+
+    @_builtins.property
+    def booking_seat_reserved(self) -> Global___BookingSeatReserved:
+        """A learner took a seat."""
+
+    @_builtins.property
+    def booking_seat_released(self) -> Global___BookingSeatReleased:
+        """A learner gave a seat back."""
+
     def __init__(
         self,
+        *,
+        booking_created: Global___BookingCreated | None = ...,
+        booking_rescheduled: Global___BookingRescheduled | None = ...,
+        booking_cancelled: Global___BookingCancelled | None = ...,
+        booking_no_show_marked: Global___BookingNoShowMarked | None = ...,
+        series_created: Global___SeriesCreated | None = ...,
+        series_updated: Global___SeriesUpdated | None = ...,
+        series_cancelled: Global___SeriesCancelled | None = ...,
+        occurrence_moved: Global___OccurrenceMoved | None = ...,
+        occurrence_cancelled: Global___OccurrenceCancelled | None = ...,
+        instructor_assigned: Global___InstructorAssigned | None = ...,
+        instructor_unassigned: Global___InstructorUnassigned | None = ...,
+        bulk_assignment_applied: Global___BulkAssignmentApplied | None = ...,
+        session_provisioned: Global___SessionProvisioned | None = ...,
+        reminder_due: Global___ReminderDue | None = ...,
+        reminder_sent: Global___ReminderSent | None = ...,
+        instructor_no_show_detected: Global___InstructorNoShowDetected | None = ...,
+        substitute_proposed: Global___SubstituteProposed | None = ...,
+        substitute_assigned: Global___SubstituteAssigned | None = ...,
+        availability_changed: Global___AvailabilityChanged | None = ...,
+        booking_seat_reserved: Global___BookingSeatReserved | None = ...,
+        booking_seat_released: Global___BookingSeatReleased | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["availability_changed", b"availability_changed", "booking_cancelled", b"booking_cancelled", "booking_created", b"booking_created", "booking_no_show_marked", b"booking_no_show_marked", "booking_rescheduled", b"booking_rescheduled", "booking_seat_released", b"booking_seat_released", "booking_seat_reserved", b"booking_seat_reserved", "bulk_assignment_applied", b"bulk_assignment_applied", "instructor_assigned", b"instructor_assigned", "instructor_no_show_detected", b"instructor_no_show_detected", "instructor_unassigned", b"instructor_unassigned", "occurrence_cancelled", b"occurrence_cancelled", "occurrence_moved", b"occurrence_moved", "payload", b"payload", "reminder_due", b"reminder_due", "reminder_sent", b"reminder_sent", "series_cancelled", b"series_cancelled", "series_created", b"series_created", "series_updated", b"series_updated", "session_provisioned", b"session_provisioned", "substitute_assigned", b"substitute_assigned", "substitute_proposed", b"substitute_proposed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_changed", b"availability_changed", "booking_cancelled", b"booking_cancelled", "booking_created", b"booking_created", "booking_no_show_marked", b"booking_no_show_marked", "booking_rescheduled", b"booking_rescheduled", "booking_seat_released", b"booking_seat_released", "booking_seat_reserved", b"booking_seat_reserved", "bulk_assignment_applied", b"bulk_assignment_applied", "instructor_assigned", b"instructor_assigned", "instructor_no_show_detected", b"instructor_no_show_detected", "instructor_unassigned", b"instructor_unassigned", "occurrence_cancelled", b"occurrence_cancelled", "occurrence_moved", b"occurrence_moved", "payload", b"payload", "reminder_due", b"reminder_due", "reminder_sent", b"reminder_sent", "series_cancelled", b"series_cancelled", "series_created", b"series_created", "series_updated", b"series_updated", "session_provisioned", b"session_provisioned", "substitute_assigned", b"substitute_assigned", "substitute_proposed", b"substitute_proposed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["booking_created", "booking_rescheduled", "booking_cancelled", "booking_no_show_marked", "series_created", "series_updated", "series_cancelled", "occurrence_moved", "occurrence_cancelled", "instructor_assigned", "instructor_unassigned", "bulk_assignment_applied", "session_provisioned", "reminder_due", "reminder_sent", "instructor_no_show_detected", "substitute_proposed", "substitute_assigned", "availability_changed", "booking_seat_reserved", "booking_seat_released"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___SchedulingEvent: _TypeAlias = SchedulingEvent  # noqa: Y015
+
+@_typing.final
+class BookingCreated(_message.Message):
+    """A booking (one-off or an occurrence of a series) was created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    ORIGINAL_START_TIME_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_ID_FIELD_NUMBER: _builtins.int
+    LEARNER_IDS_FIELD_NUMBER: _builtins.int
+    CLASS_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    """The booking."""
+    series_id: _builtins.str
+    """The series, for an occurrence."""
+    instructor_id: _builtins.str
+    """The instructor; empty when unassigned."""
+    class_id: _builtins.str
+    """The class, if any."""
+    subject: _builtins.str
+    """Subject."""
+    level: _builtins.str
+    """Level."""
+    capacity: _builtins.int
+    """Seats in total."""
+    @_builtins.property
+    def original_start_time(self) -> _timestamp_pb2.Timestamp:
+        """For an occurrence: its original start."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End."""
+
+    @_builtins.property
+    def learner_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The learners."""
+
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        series_id: _builtins.str = ...,
+        original_start_time: _timestamp_pb2.Timestamp | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        instructor_id: _builtins.str = ...,
+        learner_ids: _abc.Iterable[_builtins.str] | None = ...,
+        class_id: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        level: _builtins.str = ...,
+        capacity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "original_start_time", b"original_start_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "capacity", b"capacity", "class_id", b"class_id", "end_time", b"end_time", "instructor_id", b"instructor_id", "learner_ids", b"learner_ids", "level", b"level", "original_start_time", b"original_start_time", "series_id", b"series_id", "start_time", b"start_time", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SchedulingEvent: _TypeAlias = SchedulingEvent  # noqa: Y015
+Global___BookingCreated: _TypeAlias = BookingCreated  # noqa: Y015
+
+@_typing.final
+class BookingRescheduled(_message.Message):
+    """A one-off booking was moved."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_START_TIME_FIELD_NUMBER: _builtins.int
+    PREVIOUS_END_TIME_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    INITIATOR_PERSON_ID_FIELD_NUMBER: _builtins.int
+    INITIATOR_ROLE_FIELD_NUMBER: _builtins.int
+    CUTOFF_OUTCOME_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_ID_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    """The booking."""
+    reason: _builtins.str
+    """Why, for people."""
+    initiator_person_id: _builtins.str
+    """The person it was moved for, if any."""
+    initiator_role: _builtins.str
+    """Their role, as a `classwire.api.scheduling.v1.InitiatorRole` value name."""
+    cutoff_outcome: _builtins.str
+    """The cut-off outcome, as a `classwire.api.scheduling.v1.CutoffOutcome` value name."""
+    instructor_id: _builtins.str
+    """The instructor after the move (changed when the move allowed reassignment)."""
+    @_builtins.property
+    def previous_start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start before the move."""
+
+    @_builtins.property
+    def previous_end_time(self) -> _timestamp_pb2.Timestamp:
+        """End before the move."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start after the move."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End after the move."""
+
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        previous_start_time: _timestamp_pb2.Timestamp | None = ...,
+        previous_end_time: _timestamp_pb2.Timestamp | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        initiator_person_id: _builtins.str = ...,
+        initiator_role: _builtins.str = ...,
+        cutoff_outcome: _builtins.str = ...,
+        instructor_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "previous_end_time", b"previous_end_time", "previous_start_time", b"previous_start_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "cutoff_outcome", b"cutoff_outcome", "end_time", b"end_time", "initiator_person_id", b"initiator_person_id", "initiator_role", b"initiator_role", "instructor_id", b"instructor_id", "previous_end_time", b"previous_end_time", "previous_start_time", b"previous_start_time", "reason", b"reason", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BookingRescheduled: _TypeAlias = BookingRescheduled  # noqa: Y015
+
+@_typing.final
+class BookingCancelled(_message.Message):
+    """A one-off booking was cancelled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    INITIATOR_PERSON_ID_FIELD_NUMBER: _builtins.int
+    INITIATOR_ROLE_FIELD_NUMBER: _builtins.int
+    CUTOFF_OUTCOME_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    """The booking."""
+    reason: _builtins.str
+    """Why, for people."""
+    initiator_person_id: _builtins.str
+    """The person it was cancelled for, if any."""
+    initiator_role: _builtins.str
+    """Their role, as an InitiatorRole value name."""
+    cutoff_outcome: _builtins.str
+    """The cut-off outcome, as a CutoffOutcome value name."""
+    session_id: _builtins.str
+    """The cancelled live session, if one was provisioned."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Its start."""
+
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        initiator_person_id: _builtins.str = ...,
+        initiator_role: _builtins.str = ...,
+        cutoff_outcome: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "cutoff_outcome", b"cutoff_outcome", "initiator_person_id", b"initiator_person_id", "initiator_role", b"initiator_role", "reason", b"reason", "session_id", b"session_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BookingCancelled: _TypeAlias = BookingCancelled  # noqa: Y015
+
+@_typing.final
+class BookingNoShowMarked(_message.Message):
+    """Participants of a booking were marked as no-shows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    LEARNER_IDS_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    """The booking."""
+    series_id: _builtins.str
+    """The series, for an occurrence."""
+    instructor_id: _builtins.str
+    """The instructor, if marked."""
+    @_builtins.property
+    def learner_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The learners marked."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Its start."""
+
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        series_id: _builtins.str = ...,
+        learner_ids: _abc.Iterable[_builtins.str] | None = ...,
+        instructor_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "instructor_id", b"instructor_id", "learner_ids", b"learner_ids", "series_id", b"series_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BookingNoShowMarked: _TypeAlias = BookingNoShowMarked  # noqa: Y015
+
+@_typing.final
+class SeriesCreated(_message.Message):
+    """A recurring series was created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    RRULE_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_ID_FIELD_NUMBER: _builtins.int
+    LEARNER_IDS_FIELD_NUMBER: _builtins.int
+    CLASS_ID_FIELD_NUMBER: _builtins.int
+    BOOKED_OCCURRENCE_COUNT_FIELD_NUMBER: _builtins.int
+    CONFLICT_START_TIMES_FIELD_NUMBER: _builtins.int
+    series_id: _builtins.str
+    """The series."""
+    rrule: _builtins.str
+    """The RFC 5545 RRULE value."""
+    time_zone: _builtins.str
+    """IANA zone of the expansion."""
+    instructor_id: _builtins.str
+    """The default instructor; empty if none."""
+    class_id: _builtins.str
+    """The class, if any."""
+    booked_occurrence_count: _builtins.int
+    """Number of occurrences booked now."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the first occurrence."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """Length of each occurrence."""
+
+    @_builtins.property
+    def learner_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The learners."""
+
+    @_builtins.property
+    def conflict_start_times(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """Original starts skipped or left unassigned under the conflict policy."""
+
+    def __init__(
+        self,
+        *,
+        series_id: _builtins.str = ...,
+        rrule: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        instructor_id: _builtins.str = ...,
+        learner_ids: _abc.Iterable[_builtins.str] | None = ...,
+        class_id: _builtins.str = ...,
+        booked_occurrence_count: _builtins.int = ...,
+        conflict_start_times: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booked_occurrence_count", b"booked_occurrence_count", "class_id", b"class_id", "conflict_start_times", b"conflict_start_times", "duration", b"duration", "instructor_id", b"instructor_id", "learner_ids", b"learner_ids", "rrule", b"rrule", "series_id", b"series_id", "start_time", b"start_time", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeriesCreated: _TypeAlias = SeriesCreated  # noqa: Y015
+
+@_typing.final
+class SeriesUpdated(_message.Message):
+    """A series was changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    APPLY_FROM_TIME_FIELD_NUMBER: _builtins.int
+    RRULE_FIELD_NUMBER: _builtins.int
+    series_id: _builtins.str
+    """The series."""
+    rrule: _builtins.str
+    """The RRULE after the change."""
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The changed fields, as field-mask paths of `classwire.api.scheduling.v1.Series`."""
+
+    @_builtins.property
+    def apply_from_time(self) -> _timestamp_pb2.Timestamp:
+        """Occurrences whose original start is at or after this were affected."""
+
+    def __init__(
+        self,
+        *,
+        series_id: _builtins.str = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+        apply_from_time: _timestamp_pb2.Timestamp | None = ...,
+        rrule: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["apply_from_time", b"apply_from_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_from_time", b"apply_from_time", "changed_fields", b"changed_fields", "rrule", b"rrule", "series_id", b"series_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeriesUpdated: _TypeAlias = SeriesUpdated  # noqa: Y015
+
+@_typing.final
+class SeriesCancelled(_message.Message):
+    """A series was cancelled from some occurrence on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    FROM_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    INITIATOR_PERSON_ID_FIELD_NUMBER: _builtins.int
+    INITIATOR_ROLE_FIELD_NUMBER: _builtins.int
+    CANCELLED_OCCURRENCE_COUNT_FIELD_NUMBER: _builtins.int
+    series_id: _builtins.str
+    """The series."""
+    reason: _builtins.str
+    """Why, for people."""
+    initiator_person_id: _builtins.str
+    """The person it was cancelled for, if any."""
+    initiator_role: _builtins.str
+    """Their role, as an InitiatorRole value name."""
+    cancelled_occurrence_count: _builtins.int
+    """Number of occurrences cancelled."""
+    @_builtins.property
+    def from_time(self) -> _timestamp_pb2.Timestamp:
+        """Occurrences whose original start is at or after this were cancelled."""
+
+    def __init__(
+        self,
+        *,
+        series_id: _builtins.str = ...,
+        from_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        initiator_person_id: _builtins.str = ...,
+        initiator_role: _builtins.str = ...,
+        cancelled_occurrence_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_time", b"from_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_occurrence_count", b"cancelled_occurrence_count", "from_time", b"from_time", "initiator_person_id", b"initiator_person_id", "initiator_role", b"initiator_role", "reason", b"reason", "series_id", b"series_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeriesCancelled: _TypeAlias = SeriesCancelled  # noqa: Y015
+
+@_typing.final
+class OccurrenceMoved(_message.Message):
+    """One occurrence of a series was moved; it keeps the series id and its original start."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    ORIGINAL_START_TIME_FIELD_NUMBER: _builtins.int
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_START_TIME_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    INITIATOR_PERSON_ID_FIELD_NUMBER: _builtins.int
+    INITIATOR_ROLE_FIELD_NUMBER: _builtins.int
+    CUTOFF_OUTCOME_FIELD_NUMBER: _builtins.int
+    series_id: _builtins.str
+    """The series."""
+    booking_id: _builtins.str
+    """The occurrence's booking."""
+    reason: _builtins.str
+    """Why, for people."""
+    initiator_person_id: _builtins.str
+    """The person it was moved for, if any."""
+    initiator_role: _builtins.str
+    """Their role, as an InitiatorRole value name."""
+    cutoff_outcome: _builtins.str
+    """The cut-off outcome, as a CutoffOutcome value name."""
+    @_builtins.property
+    def original_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The occurrence's original start (its RECURRENCE-ID)."""
+
+    @_builtins.property
+    def previous_start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start before the move."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start after the move."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End after the move."""
+
+    def __init__(
+        self,
+        *,
+        series_id: _builtins.str = ...,
+        original_start_time: _timestamp_pb2.Timestamp | None = ...,
+        booking_id: _builtins.str = ...,
+        previous_start_time: _timestamp_pb2.Timestamp | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        initiator_person_id: _builtins.str = ...,
+        initiator_role: _builtins.str = ...,
+        cutoff_outcome: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "original_start_time", b"original_start_time", "previous_start_time", b"previous_start_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "cutoff_outcome", b"cutoff_outcome", "end_time", b"end_time", "initiator_person_id", b"initiator_person_id", "initiator_role", b"initiator_role", "original_start_time", b"original_start_time", "previous_start_time", b"previous_start_time", "reason", b"reason", "series_id", b"series_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OccurrenceMoved: _TypeAlias = OccurrenceMoved  # noqa: Y015
+
+@_typing.final
+class OccurrenceCancelled(_message.Message):
+    """One occurrence of a series was cancelled; the series continues."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    ORIGINAL_START_TIME_FIELD_NUMBER: _builtins.int
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    INITIATOR_PERSON_ID_FIELD_NUMBER: _builtins.int
+    INITIATOR_ROLE_FIELD_NUMBER: _builtins.int
+    CUTOFF_OUTCOME_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    series_id: _builtins.str
+    """The series."""
+    booking_id: _builtins.str
+    """The occurrence's booking."""
+    reason: _builtins.str
+    """Why, for people."""
+    initiator_person_id: _builtins.str
+    """The person it was cancelled for, if any."""
+    initiator_role: _builtins.str
+    """Their role, as an InitiatorRole value name."""
+    cutoff_outcome: _builtins.str
+    """The cut-off outcome, as a CutoffOutcome value name."""
+    session_id: _builtins.str
+    """The cancelled live session, if one was provisioned."""
+    @_builtins.property
+    def original_start_time(self) -> _timestamp_pb2.Timestamp:
+        """The occurrence's original start."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Its start when cancelled."""
+
+    def __init__(
+        self,
+        *,
+        series_id: _builtins.str = ...,
+        original_start_time: _timestamp_pb2.Timestamp | None = ...,
+        booking_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        initiator_person_id: _builtins.str = ...,
+        initiator_role: _builtins.str = ...,
+        cutoff_outcome: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["original_start_time", b"original_start_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "cutoff_outcome", b"cutoff_outcome", "initiator_person_id", b"initiator_person_id", "initiator_role", b"initiator_role", "original_start_time", b"original_start_time", "reason", b"reason", "series_id", b"series_id", "session_id", b"session_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OccurrenceCancelled: _TypeAlias = OccurrenceCancelled  # noqa: Y015
+
+@_typing.final
+class InstructorAssigned(_message.Message):
+    """An instructor was assigned to a booking, or to a series (its future occurrences)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_INSTRUCTOR_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    MATCHER_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    """The booking; empty when a series was assigned."""
+    series_id: _builtins.str
+    """The series (of the occurrence, or the series assigned)."""
+    instructor_id: _builtins.str
+    """The instructor."""
+    previous_instructor_id: _builtins.str
+    """The instructor replaced, if any."""
+    method: _builtins.str
+    """How, as a `classwire.api.scheduling.v1.AssignmentMethod` value name."""
+    matcher: _builtins.str
+    """The matcher, if one chose."""
+    plan_id: _builtins.str
+    """The bulk plan, if any."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The booking's start."""
+
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        series_id: _builtins.str = ...,
+        instructor_id: _builtins.str = ...,
+        previous_instructor_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        matcher: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "instructor_id", b"instructor_id", "matcher", b"matcher", "method", b"method", "plan_id", b"plan_id", "previous_instructor_id", b"previous_instructor_id", "series_id", b"series_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstructorAssigned: _TypeAlias = InstructorAssigned  # noqa: Y015
+
+@_typing.final
+class InstructorUnassigned(_message.Message):
+    """An instructor was removed from a booking or a series."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    """The booking; empty when a series was unassigned."""
+    series_id: _builtins.str
+    """The series (of the occurrence, or the series unassigned)."""
+    instructor_id: _builtins.str
+    """The instructor removed."""
+    reason: _builtins.str
+    """Why, for people."""
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        series_id: _builtins.str = ...,
+        instructor_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "instructor_id", b"instructor_id", "reason", b"reason", "series_id", b"series_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstructorUnassigned: _TypeAlias = InstructorUnassigned  # noqa: Y015
+
+@_typing.final
+class BulkAssignmentApplied(_message.Message):
+    """A bulk assignment plan was applied."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    MATCHER_FIELD_NUMBER: _builtins.int
+    SOLVER_STATUS_FIELD_NUMBER: _builtins.int
+    OBJECTIVE_FIELD_NUMBER: _builtins.int
+    BEST_BOUND_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
+    BOOKING_COUNT_FIELD_NUMBER: _builtins.int
+    ASSIGNED_COUNT_FIELD_NUMBER: _builtins.int
+    UNASSIGNED_COUNT_FIELD_NUMBER: _builtins.int
+    CHANGED_COUNT_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.str
+    """The plan; GetAssignmentPlan returns its explanations."""
+    matcher: _builtins.str
+    """The matcher that computed it."""
+    solver_status: _builtins.str
+    """The solver status, as a `classwire.api.scheduling.v1.SolverStatus` value name."""
+    objective: _builtins.float
+    """The plan's objective."""
+    best_bound: _builtins.float
+    """The solver's bound."""
+    gap: _builtins.float
+    """The relative gap."""
+    booking_count: _builtins.int
+    """Bookings considered."""
+    assigned_count: _builtins.int
+    """Bookings given an instructor."""
+    unassigned_count: _builtins.int
+    """Bookings left without one."""
+    changed_count: _builtins.int
+    """Bookings whose instructor changed."""
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.str = ...,
+        matcher: _builtins.str = ...,
+        solver_status: _builtins.str = ...,
+        objective: _builtins.float = ...,
+        best_bound: _builtins.float = ...,
+        gap: _builtins.float = ...,
+        booking_count: _builtins.int = ...,
+        assigned_count: _builtins.int = ...,
+        unassigned_count: _builtins.int = ...,
+        changed_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_count", b"assigned_count", "best_bound", b"best_bound", "booking_count", b"booking_count", "changed_count", b"changed_count", "gap", b"gap", "matcher", b"matcher", "objective", b"objective", "plan_id", b"plan_id", "solver_status", b"solver_status", "unassigned_count", b"unassigned_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BulkAssignmentApplied: _TypeAlias = BulkAssignmentApplied  # noqa: Y015
+
+@_typing.final
+class SessionProvisioned(_message.Message):
+    """A booking's live session was provisioned, with join tokens for its participants."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    ORIGINAL_START_TIME_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    """The booking."""
+    series_id: _builtins.str
+    """The series, for an occurrence."""
+    session_id: _builtins.str
+    """The live session."""
+    @_builtins.property
+    def original_start_time(self) -> _timestamp_pb2.Timestamp:
+        """For an occurrence: its original start."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The booking's start."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The booking's end."""
+
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        series_id: _builtins.str = ...,
+        original_start_time: _timestamp_pb2.Timestamp | None = ...,
+        session_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "original_start_time", b"original_start_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "end_time", b"end_time", "original_start_time", b"original_start_time", "series_id", b"series_id", "session_id", b"session_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionProvisioned: _TypeAlias = SessionProvisioned  # noqa: Y015
+
+@_typing.final
+class ReminderDue(_message.Message):
+    """A reminder's time came; the notification workflow sends it to each recipient per their
+    preferences, consent and quiet hours.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    RECIPIENT_PERSON_IDS_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    """The booking."""
+    series_id: _builtins.str
+    """The series, for an occurrence."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The booking's start."""
+
+    @_builtins.property
+    def offset(self) -> _duration_pb2.Duration:
+        """The reminder's offset before the start."""
+
+    @_builtins.property
+    def recipient_person_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The people to remind (learners, guardians, instructor, per the reminder policy)."""
+
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        series_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        offset: _duration_pb2.Duration | None = ...,
+        recipient_person_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "offset", b"offset", "recipient_person_ids", b"recipient_person_ids", "series_id", b"series_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReminderDue: _TypeAlias = ReminderDue  # noqa: Y015
+
+@_typing.final
+class ReminderSent(_message.Message):
+    """A reminder was sent to one recipient on one channel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    RECIPIENT_PERSON_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_KIND_FIELD_NUMBER: _builtins.int
+    CONTACT_CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    """The booking."""
+    recipient_person_id: _builtins.str
+    """The recipient."""
+    channel_kind: _builtins.str
+    """The channel kind, as a `classwire.api.roster.v1.ContactChannelKind` value name."""
+    contact_channel_id: _builtins.str
+    """The recipient's contact channel id."""
+    provider: _builtins.str
+    """The notification provider that delivered it."""
+    @_builtins.property
+    def offset(self) -> _duration_pb2.Duration:
+        """The reminder's offset before the start."""
+
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        offset: _duration_pb2.Duration | None = ...,
+        recipient_person_id: _builtins.str = ...,
+        channel_kind: _builtins.str = ...,
+        contact_channel_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "channel_kind", b"channel_kind", "contact_channel_id", b"contact_channel_id", "offset", b"offset", "provider", b"provider", "recipient_person_id", b"recipient_person_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReminderSent: _TypeAlias = ReminderSent  # noqa: Y015
+
+@_typing.final
+class InstructorNoShowDetected(_message.Message):
+    """An instructor had not joined a booking's session by the end of the grace period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    INSTRUCTOR_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    GRACE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    """The booking."""
+    series_id: _builtins.str
+    """The series, for an occurrence."""
+    session_id: _builtins.str
+    """The live session."""
+    instructor_id: _builtins.str
+    """The absent instructor."""
+    action: _builtins.str
+    """What the policy does next, as a `classwire.api.scheduling.v1.NoShowAction` value name."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The booking's start."""
+
+    @_builtins.property
+    def grace(self) -> _duration_pb2.Duration:
+        """The grace period applied."""
+
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        series_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        instructor_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        grace: _duration_pb2.Duration | None = ...,
+        action: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace", b"grace", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "booking_id", b"booking_id", "grace", b"grace", "instructor_id", b"instructor_id", "series_id", b"series_id", "session_id", b"session_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstructorNoShowDetected: _TypeAlias = InstructorNoShowDetected  # noqa: Y015
+
+@_typing.final
+class SubstituteProposed(_message.Message):
+    """Substitutes were proposed for a booking."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSAL_ID_FIELD_NUMBER: _builtins.int
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    ABSENT_INSTRUCTOR_ID_FIELD_NUMBER: _builtins.int
+    CANDIDATE_INSTRUCTOR_IDS_FIELD_NUMBER: _builtins.int
+    MATCHER_FIELD_NUMBER: _builtins.int
+    proposal_id: _builtins.str
+    """The proposal."""
+    booking_id: _builtins.str
+    """The booking."""
+    absent_instructor_id: _builtins.str
+    """The instructor being replaced."""
+    matcher: _builtins.str
+    """The matcher that ranked them."""
+    @_builtins.property
+    def candidate_instructor_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Eligible substitutes, best first (possibly none)."""
+
+    def __init__(
+        self,
+        *,
+        proposal_id: _builtins.str = ...,
+        booking_id: _builtins.str = ...,
+        absent_instructor_id: _builtins.str = ...,
+        candidate_instructor_ids: _abc.Iterable[_builtins.str] | None = ...,
+        matcher: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["absent_instructor_id", b"absent_instructor_id", "booking_id", b"booking_id", "candidate_instructor_ids", b"candidate_instructor_ids", "matcher", b"matcher", "proposal_id", b"proposal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubstituteProposed: _TypeAlias = SubstituteProposed  # noqa: Y015
+
+@_typing.final
+class SubstituteAssigned(_message.Message):
+    """A substitute was assigned to one booking; the regular instructor stays on the series."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    ABSENT_INSTRUCTOR_ID_FIELD_NUMBER: _builtins.int
+    SUBSTITUTE_INSTRUCTOR_ID_FIELD_NUMBER: _builtins.int
+    PROPOSAL_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    """The booking."""
+    series_id: _builtins.str
+    """The series, for an occurrence."""
+    absent_instructor_id: _builtins.str
+    """The instructor replaced."""
+    substitute_instructor_id: _builtins.str
+    """The substitute."""
+    proposal_id: _builtins.str
+    """The proposal it came from, if any."""
+    session_id: _builtins.str
+    """The live session, if provisioned (its participants were updated)."""
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        series_id: _builtins.str = ...,
+        absent_instructor_id: _builtins.str = ...,
+        substitute_instructor_id: _builtins.str = ...,
+        proposal_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["absent_instructor_id", b"absent_instructor_id", "booking_id", b"booking_id", "proposal_id", b"proposal_id", "series_id", b"series_id", "session_id", b"session_id", "substitute_instructor_id", b"substitute_instructor_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubstituteAssigned: _TypeAlias = SubstituteAssigned  # noqa: Y015
+
+@_typing.final
+class AvailabilityChanged(_message.Message):
+    """A person's availability changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    """The person."""
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The changed parts, as field-mask paths of
+        `classwire.api.scheduling.v1.AvailabilitySchedule` (`weekly_rules`, `time_off`).
+        """
+
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_fields", b"changed_fields", "person_id", b"person_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AvailabilityChanged: _TypeAlias = AvailabilityChanged  # noqa: Y015
+
+@_typing.final
+class BookingSeatReserved(_message.Message):
+    """A learner took a seat in a booking or a series."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    SEATS_AVAILABLE_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    """The booking; empty when the seat is in every future occurrence of a series."""
+    series_id: _builtins.str
+    """The series, for an occurrence or a series-wide seat."""
+    learner_id: _builtins.str
+    """The learner."""
+    seats_available: _builtins.int
+    """Seats still free (in the booking, or per occurrence of the series)."""
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        series_id: _builtins.str = ...,
+        learner_id: _builtins.str = ...,
+        seats_available: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "learner_id", b"learner_id", "seats_available", b"seats_available", "series_id", b"series_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BookingSeatReserved: _TypeAlias = BookingSeatReserved  # noqa: Y015
+
+@_typing.final
+class BookingSeatReleased(_message.Message):
+    """A learner gave a seat back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    LEARNER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CUTOFF_OUTCOME_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    """The booking; empty when the seat was in every future occurrence of a series."""
+    series_id: _builtins.str
+    """The series, for an occurrence or a series-wide seat."""
+    learner_id: _builtins.str
+    """The learner."""
+    reason: _builtins.str
+    """Why, for people."""
+    cutoff_outcome: _builtins.str
+    """The cut-off outcome, as a CutoffOutcome value name."""
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        series_id: _builtins.str = ...,
+        learner_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        cutoff_outcome: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "cutoff_outcome", b"cutoff_outcome", "learner_id", b"learner_id", "reason", b"reason", "series_id", b"series_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BookingSeatReleased: _TypeAlias = BookingSeatReleased  # noqa: Y015

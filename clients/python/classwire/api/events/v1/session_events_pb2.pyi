@@ -3,8 +3,15 @@
 isort:skip_file
 """
 
+from classwire.api.common.v1 import common_pb2 as _common_pb2
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -16,19 +23,1691 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _SessionEndReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SessionEndReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SessionEndReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SESSION_END_REASON_UNSPECIFIED: _SessionEndReason.ValueType  # 0
+    """Not set."""
+    SESSION_END_REASON_REQUESTED: _SessionEndReason.ValueType  # 1
+    """EndSession was called (by a backend service or a participant allowed to end the session;
+    the event's actor says who).
+    """
+    SESSION_END_REASON_EMPTY_ROOM_TIMEOUT: _SessionEndReason.ValueType  # 2
+    """The room stayed empty for the session's empty-room timeout."""
+    SESSION_END_REASON_OVERRUN_LIMIT: _SessionEndReason.ValueType  # 3
+    """The session ran past its scheduled end by more than its overrun limit."""
+    SESSION_END_REASON_BREAKOUTS_CLOSED: _SessionEndReason.ValueType  # 4
+    """A breakout room ended because its breakouts were closed."""
+    SESSION_END_REASON_PARENT_ENDED: _SessionEndReason.ValueType  # 5
+    """A breakout room ended because its parent session ended."""
+
+class SessionEndReason(_SessionEndReason, metaclass=_SessionEndReasonEnumTypeWrapper):
+    """Why a session ended. Shared by the `SessionEnded` event and the session resource
+    (`classwire.api.session.v1.Session.end_reason`); it lives here because events may not import
+    area packages.
+    """
+
+SESSION_END_REASON_UNSPECIFIED: SessionEndReason.ValueType  # 0
+"""Not set."""
+SESSION_END_REASON_REQUESTED: SessionEndReason.ValueType  # 1
+"""EndSession was called (by a backend service or a participant allowed to end the session;
+the event's actor says who).
+"""
+SESSION_END_REASON_EMPTY_ROOM_TIMEOUT: SessionEndReason.ValueType  # 2
+"""The room stayed empty for the session's empty-room timeout."""
+SESSION_END_REASON_OVERRUN_LIMIT: SessionEndReason.ValueType  # 3
+"""The session ran past its scheduled end by more than its overrun limit."""
+SESSION_END_REASON_BREAKOUTS_CLOSED: SessionEndReason.ValueType  # 4
+"""A breakout room ended because its breakouts were closed."""
+SESSION_END_REASON_PARENT_ENDED: SessionEndReason.ValueType  # 5
+"""A breakout room ended because its parent session ended."""
+Global___SessionEndReason: _TypeAlias = SessionEndReason  # noqa: Y015
+
+class _ChatAudience:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChatAudienceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChatAudience.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHAT_AUDIENCE_UNSPECIFIED: _ChatAudience.ValueType  # 0
+    """Not set. Rejected when posting."""
+    CHAT_AUDIENCE_EVERYONE: _ChatAudience.ValueType  # 1
+    """Everyone in the room."""
+    CHAT_AUDIENCE_INSTRUCTORS: _ChatAudience.ValueType  # 2
+    """Privately to the room's instructors and co-instructors (and the sender)."""
+    CHAT_AUDIENCE_PARTICIPANT: _ChatAudience.ValueType  # 3
+    """Privately to one participant (and the sender); only participants with the MODERATE permission
+    and backend services may post to one participant.
+    """
+
+class ChatAudience(_ChatAudience, metaclass=_ChatAudienceEnumTypeWrapper):
+    """Who may read a chat message. Shared by the `ChatMessagePosted` event and the chat message
+    resource (`classwire.api.session.v1.ChatMessage`).
+    """
+
+CHAT_AUDIENCE_UNSPECIFIED: ChatAudience.ValueType  # 0
+"""Not set. Rejected when posting."""
+CHAT_AUDIENCE_EVERYONE: ChatAudience.ValueType  # 1
+"""Everyone in the room."""
+CHAT_AUDIENCE_INSTRUCTORS: ChatAudience.ValueType  # 2
+"""Privately to the room's instructors and co-instructors (and the sender)."""
+CHAT_AUDIENCE_PARTICIPANT: ChatAudience.ValueType  # 3
+"""Privately to one participant (and the sender); only participants with the MODERATE permission
+and backend services may post to one participant.
+"""
+Global___ChatAudience: _TypeAlias = ChatAudience  # noqa: Y015
+
+class _ParticipantPermission:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ParticipantPermissionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ParticipantPermission.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PARTICIPANT_PERMISSION_UNSPECIFIED: _ParticipantPermission.ValueType  # 0
+    """Not set. Rejected in overrides."""
+    PARTICIPANT_PERMISSION_PUBLISH_AUDIO: _ParticipantPermission.ValueType  # 1
+    """Publish microphone audio."""
+    PARTICIPANT_PERMISSION_PUBLISH_VIDEO: _ParticipantPermission.ValueType  # 2
+    """Publish camera video."""
+    PARTICIPANT_PERMISSION_PUBLISH_SCREEN: _ParticipantPermission.ValueType  # 3
+    """Share a screen (video and screen audio)."""
+    PARTICIPANT_PERMISSION_CHAT: _ParticipantPermission.ValueType  # 4
+    """Post chat messages."""
+    PARTICIPANT_PERMISSION_REACT: _ParticipantPermission.ValueType  # 5
+    """Send reactions."""
+    PARTICIPANT_PERMISSION_RAISE_HAND: _ParticipantPermission.ValueType  # 6
+    """Raise a hand."""
+    PARTICIPANT_PERMISSION_ANSWER_POLLS: _ParticipantPermission.ValueType  # 7
+    """Answer polls."""
+    PARTICIPANT_PERMISSION_MODERATE: _ParticipantPermission.ValueType  # 8
+    """Moderate: admit, deny, mute, remove, lock the room, change roles, lower hands, delete chat,
+    run polls and breakouts.
+    """
+    PARTICIPANT_PERMISSION_MANAGE_MEDIA: _ParticipantPermission.ValueType  # 9
+    """Start and stop recording and transcription."""
+    PARTICIPANT_PERMISSION_END_SESSION: _ParticipantPermission.ValueType  # 10
+    """End the session for everyone."""
+
+class ParticipantPermission(_ParticipantPermission, metaclass=_ParticipantPermissionEnumTypeWrapper):
+    """One thing a participant may do in a session. Every role grants a default set; join tokens and
+    UpdateParticipant may grant or revoke single permissions per participant. Shared by events and
+    the session area's participant resource.
+    """
+
+PARTICIPANT_PERMISSION_UNSPECIFIED: ParticipantPermission.ValueType  # 0
+"""Not set. Rejected in overrides."""
+PARTICIPANT_PERMISSION_PUBLISH_AUDIO: ParticipantPermission.ValueType  # 1
+"""Publish microphone audio."""
+PARTICIPANT_PERMISSION_PUBLISH_VIDEO: ParticipantPermission.ValueType  # 2
+"""Publish camera video."""
+PARTICIPANT_PERMISSION_PUBLISH_SCREEN: ParticipantPermission.ValueType  # 3
+"""Share a screen (video and screen audio)."""
+PARTICIPANT_PERMISSION_CHAT: ParticipantPermission.ValueType  # 4
+"""Post chat messages."""
+PARTICIPANT_PERMISSION_REACT: ParticipantPermission.ValueType  # 5
+"""Send reactions."""
+PARTICIPANT_PERMISSION_RAISE_HAND: ParticipantPermission.ValueType  # 6
+"""Raise a hand."""
+PARTICIPANT_PERMISSION_ANSWER_POLLS: ParticipantPermission.ValueType  # 7
+"""Answer polls."""
+PARTICIPANT_PERMISSION_MODERATE: ParticipantPermission.ValueType  # 8
+"""Moderate: admit, deny, mute, remove, lock the room, change roles, lower hands, delete chat,
+run polls and breakouts.
+"""
+PARTICIPANT_PERMISSION_MANAGE_MEDIA: ParticipantPermission.ValueType  # 9
+"""Start and stop recording and transcription."""
+PARTICIPANT_PERMISSION_END_SESSION: ParticipantPermission.ValueType  # 10
+"""End the session for everyone."""
+Global___ParticipantPermission: _TypeAlias = ParticipantPermission  # noqa: Y015
+
 @_typing.final
 class SessionEvent(_message.Message):
-    """Events owned by the session area."""
+    """Events owned by the session area: the live classroom's lifecycle, its participants and every
+    classroom interaction. They are written to the session's log (Event.session_id is the session,
+    or the breakout room, that changed) and delivered through WatchSession, WatchEvents, webhooks
+    and, filtered to what each participant may see, the participant connection.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    SESSION_CREATED_FIELD_NUMBER: _builtins.int
+    SESSION_UPDATED_FIELD_NUMBER: _builtins.int
+    SESSION_STATE_CHANGED_FIELD_NUMBER: _builtins.int
+    SESSION_ENDED_FIELD_NUMBER: _builtins.int
+    SESSION_CANCELLED_FIELD_NUMBER: _builtins.int
+    JOIN_TOKEN_ISSUED_FIELD_NUMBER: _builtins.int
+    JOIN_TOKEN_REVOKED_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_JOINED_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_RECONNECTING_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_RESUMED_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_LEFT_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_WAITING_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ADMITTED_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_DENIED_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_MUTED_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_REMOVED_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ROLE_CHANGED_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_PERMISSIONS_CHANGED_FIELD_NUMBER: _builtins.int
+    ROOM_LOCKED_FIELD_NUMBER: _builtins.int
+    ROOM_UNLOCKED_FIELD_NUMBER: _builtins.int
+    HAND_RAISED_FIELD_NUMBER: _builtins.int
+    HAND_LOWERED_FIELD_NUMBER: _builtins.int
+    CHAT_MESSAGE_POSTED_FIELD_NUMBER: _builtins.int
+    CHAT_MESSAGE_DELETED_FIELD_NUMBER: _builtins.int
+    REACTION_SENT_FIELD_NUMBER: _builtins.int
+    POLL_CREATED_FIELD_NUMBER: _builtins.int
+    POLL_ANSWERED_FIELD_NUMBER: _builtins.int
+    POLL_CLOSED_FIELD_NUMBER: _builtins.int
+    BREAKOUTS_OPENED_FIELD_NUMBER: _builtins.int
+    BREAKOUT_PARTICIPANT_MOVED_FIELD_NUMBER: _builtins.int
+    BREAKOUT_BROADCAST_FIELD_NUMBER: _builtins.int
+    BREAKOUTS_CLOSING_FIELD_NUMBER: _builtins.int
+    BREAKOUTS_CLOSED_FIELD_NUMBER: _builtins.int
+    ATTENDANCE_INTERVAL_RECORDED_FIELD_NUMBER: _builtins.int
+    ATTENDANCE_FINALIZED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session_created(self) -> Global___SessionCreated:
+        """A session was created."""
+
+    @_builtins.property
+    def session_updated(self) -> Global___SessionUpdated:
+        """A session's title, schedule, capacity or settings changed."""
+
+    @_builtins.property
+    def session_state_changed(self) -> Global___SessionStateChanged:
+        """A session moved from one lifecycle state to another."""
+
+    @_builtins.property
+    def session_ended(self) -> Global___SessionEnded:
+        """A session ended (terminal), with the reason."""
+
+    @_builtins.property
+    def session_cancelled(self) -> Global___SessionCancelled:
+        """A session was called off before it went live (terminal)."""
+
+    @_builtins.property
+    def join_token_issued(self) -> Global___JoinTokenIssued:
+        """A join token was issued for an identity."""
+
+    @_builtins.property
+    def join_token_revoked(self) -> Global___JoinTokenRevoked:
+        """A join token was revoked."""
+
+    @_builtins.property
+    def participant_joined(self) -> Global___ParticipantJoined:
+        """A participant joined the room (first connection, or a fresh join after leaving)."""
+
+    @_builtins.property
+    def participant_reconnecting(self) -> Global___ParticipantReconnecting:
+        """A participant's connection dropped without a leave; the reconnection grace window runs."""
+
+    @_builtins.property
+    def participant_resumed(self) -> Global___ParticipantResumed:
+        """A reconnecting participant resumed inside the grace window (not a new join)."""
+
+    @_builtins.property
+    def participant_left(self) -> Global___ParticipantLeft:
+        """A participant left the room, with the reason."""
+
+    @_builtins.property
+    def participant_waiting(self) -> Global___ParticipantWaiting:
+        """A participant is in the waiting room."""
+
+    @_builtins.property
+    def participant_admitted(self) -> Global___ParticipantAdmitted:
+        """A waiting participant was admitted."""
+
+    @_builtins.property
+    def participant_denied(self) -> Global___ParticipantDenied:
+        """A waiting participant was denied entry."""
+
+    @_builtins.property
+    def participant_muted(self) -> Global___ParticipantMuted:
+        """A moderator muted a participant's published tracks."""
+
+    @_builtins.property
+    def participant_removed(self) -> Global___ParticipantRemoved:
+        """A moderator removed a participant; its tokens no longer admit it."""
+
+    @_builtins.property
+    def participant_role_changed(self) -> Global___ParticipantRoleChanged:
+        """A participant's role changed (promotion or demotion)."""
+
+    @_builtins.property
+    def participant_permissions_changed(self) -> Global___ParticipantPermissionsChanged:
+        """A participant's permission overrides changed."""
+
+    @_builtins.property
+    def room_locked(self) -> Global___RoomLocked:
+        """The room was locked: no new participant may join."""
+
+    @_builtins.property
+    def room_unlocked(self) -> Global___RoomUnlocked:
+        """The room was unlocked."""
+
+    @_builtins.property
+    def hand_raised(self) -> Global___HandRaised:
+        """A participant raised their hand and joined the queue."""
+
+    @_builtins.property
+    def hand_lowered(self) -> Global___HandLowered:
+        """A participant's hand was lowered (by themselves or a moderator)."""
+
+    @_builtins.property
+    def chat_message_posted(self) -> Global___ChatMessagePosted:
+        """A chat message was posted."""
+
+    @_builtins.property
+    def chat_message_deleted(self) -> Global___ChatMessageDeleted:
+        """A chat message was deleted by a moderator."""
+
+    @_builtins.property
+    def reaction_sent(self) -> Global___ReactionSent:
+        """A participant sent a reaction."""
+
+    @_builtins.property
+    def poll_created(self) -> Global___PollCreated:
+        """A poll or quiz was opened."""
+
+    @_builtins.property
+    def poll_answered(self) -> Global___PollAnswered:
+        """A participant answered a poll (or changed their answer)."""
+
+    @_builtins.property
+    def poll_closed(self) -> Global___PollClosed:
+        """A poll was closed, with its final results."""
+
+    @_builtins.property
+    def breakouts_opened(self) -> Global___BreakoutsOpened:
+        """Breakout rooms were opened."""
+
+    @_builtins.property
+    def breakout_participant_moved(self) -> Global___BreakoutParticipantMoved:
+        """A participant was moved between the main room and a breakout room, or between breakouts."""
+
+    @_builtins.property
+    def breakout_broadcast(self) -> Global___BreakoutBroadcast:
+        """A message was broadcast to every breakout room."""
+
+    @_builtins.property
+    def breakouts_closing(self) -> Global___BreakoutsClosing:
+        """Breakout rooms are closing: the countdown started."""
+
+    @_builtins.property
+    def breakouts_closed(self) -> Global___BreakoutsClosed:
+        """Breakout rooms closed; everyone is back in the main room."""
+
+    @_builtins.property
+    def attendance_interval_recorded(self) -> Global___AttendanceIntervalRecorded:
+        """One attendance interval of a participant closed (join to leave)."""
+
+    @_builtins.property
+    def attendance_finalized(self) -> Global___AttendanceFinalized:
+        """The session ended and its attendance is final."""
+
     def __init__(
         self,
+        *,
+        session_created: Global___SessionCreated | None = ...,
+        session_updated: Global___SessionUpdated | None = ...,
+        session_state_changed: Global___SessionStateChanged | None = ...,
+        session_ended: Global___SessionEnded | None = ...,
+        session_cancelled: Global___SessionCancelled | None = ...,
+        join_token_issued: Global___JoinTokenIssued | None = ...,
+        join_token_revoked: Global___JoinTokenRevoked | None = ...,
+        participant_joined: Global___ParticipantJoined | None = ...,
+        participant_reconnecting: Global___ParticipantReconnecting | None = ...,
+        participant_resumed: Global___ParticipantResumed | None = ...,
+        participant_left: Global___ParticipantLeft | None = ...,
+        participant_waiting: Global___ParticipantWaiting | None = ...,
+        participant_admitted: Global___ParticipantAdmitted | None = ...,
+        participant_denied: Global___ParticipantDenied | None = ...,
+        participant_muted: Global___ParticipantMuted | None = ...,
+        participant_removed: Global___ParticipantRemoved | None = ...,
+        participant_role_changed: Global___ParticipantRoleChanged | None = ...,
+        participant_permissions_changed: Global___ParticipantPermissionsChanged | None = ...,
+        room_locked: Global___RoomLocked | None = ...,
+        room_unlocked: Global___RoomUnlocked | None = ...,
+        hand_raised: Global___HandRaised | None = ...,
+        hand_lowered: Global___HandLowered | None = ...,
+        chat_message_posted: Global___ChatMessagePosted | None = ...,
+        chat_message_deleted: Global___ChatMessageDeleted | None = ...,
+        reaction_sent: Global___ReactionSent | None = ...,
+        poll_created: Global___PollCreated | None = ...,
+        poll_answered: Global___PollAnswered | None = ...,
+        poll_closed: Global___PollClosed | None = ...,
+        breakouts_opened: Global___BreakoutsOpened | None = ...,
+        breakout_participant_moved: Global___BreakoutParticipantMoved | None = ...,
+        breakout_broadcast: Global___BreakoutBroadcast | None = ...,
+        breakouts_closing: Global___BreakoutsClosing | None = ...,
+        breakouts_closed: Global___BreakoutsClosed | None = ...,
+        attendance_interval_recorded: Global___AttendanceIntervalRecorded | None = ...,
+        attendance_finalized: Global___AttendanceFinalized | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attendance_finalized", b"attendance_finalized", "attendance_interval_recorded", b"attendance_interval_recorded", "breakout_broadcast", b"breakout_broadcast", "breakout_participant_moved", b"breakout_participant_moved", "breakouts_closed", b"breakouts_closed", "breakouts_closing", b"breakouts_closing", "breakouts_opened", b"breakouts_opened", "chat_message_deleted", b"chat_message_deleted", "chat_message_posted", b"chat_message_posted", "hand_lowered", b"hand_lowered", "hand_raised", b"hand_raised", "join_token_issued", b"join_token_issued", "join_token_revoked", b"join_token_revoked", "participant_admitted", b"participant_admitted", "participant_denied", b"participant_denied", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_muted", b"participant_muted", "participant_permissions_changed", b"participant_permissions_changed", "participant_reconnecting", b"participant_reconnecting", "participant_removed", b"participant_removed", "participant_resumed", b"participant_resumed", "participant_role_changed", b"participant_role_changed", "participant_waiting", b"participant_waiting", "payload", b"payload", "poll_answered", b"poll_answered", "poll_closed", b"poll_closed", "poll_created", b"poll_created", "reaction_sent", b"reaction_sent", "room_locked", b"room_locked", "room_unlocked", b"room_unlocked", "session_cancelled", b"session_cancelled", "session_created", b"session_created", "session_ended", b"session_ended", "session_state_changed", b"session_state_changed", "session_updated", b"session_updated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attendance_finalized", b"attendance_finalized", "attendance_interval_recorded", b"attendance_interval_recorded", "breakout_broadcast", b"breakout_broadcast", "breakout_participant_moved", b"breakout_participant_moved", "breakouts_closed", b"breakouts_closed", "breakouts_closing", b"breakouts_closing", "breakouts_opened", b"breakouts_opened", "chat_message_deleted", b"chat_message_deleted", "chat_message_posted", b"chat_message_posted", "hand_lowered", b"hand_lowered", "hand_raised", b"hand_raised", "join_token_issued", b"join_token_issued", "join_token_revoked", b"join_token_revoked", "participant_admitted", b"participant_admitted", "participant_denied", b"participant_denied", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_muted", b"participant_muted", "participant_permissions_changed", b"participant_permissions_changed", "participant_reconnecting", b"participant_reconnecting", "participant_removed", b"participant_removed", "participant_resumed", b"participant_resumed", "participant_role_changed", b"participant_role_changed", "participant_waiting", b"participant_waiting", "payload", b"payload", "poll_answered", b"poll_answered", "poll_closed", b"poll_closed", "poll_created", b"poll_created", "reaction_sent", b"reaction_sent", "room_locked", b"room_locked", "room_unlocked", b"room_unlocked", "session_cancelled", b"session_cancelled", "session_created", b"session_created", "session_ended", b"session_ended", "session_state_changed", b"session_state_changed", "session_updated", b"session_updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["session_created", "session_updated", "session_state_changed", "session_ended", "session_cancelled", "join_token_issued", "join_token_revoked", "participant_joined", "participant_reconnecting", "participant_resumed", "participant_left", "participant_waiting", "participant_admitted", "participant_denied", "participant_muted", "participant_removed", "participant_role_changed", "participant_permissions_changed", "room_locked", "room_unlocked", "hand_raised", "hand_lowered", "chat_message_posted", "chat_message_deleted", "reaction_sent", "poll_created", "poll_answered", "poll_closed", "breakouts_opened", "breakout_participant_moved", "breakout_broadcast", "breakouts_closing", "breakouts_closed", "attendance_interval_recorded", "attendance_finalized"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___SessionEvent: _TypeAlias = SessionEvent  # noqa: Y015
+
+@_typing.final
+class SessionCreated(_message.Message):
+    """A session was created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TITLE_FIELD_NUMBER: _builtins.int
+    CLASS_ID_FIELD_NUMBER: _builtins.int
+    COURSE_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULED_START_TIME_FIELD_NUMBER: _builtins.int
+    SCHEDULED_END_TIME_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    PARENT_SESSION_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    title: _builtins.str
+    """Title shown to participants."""
+    class_id: _builtins.str
+    """The roster class the session belongs to, if any."""
+    course_id: _builtins.str
+    """The roster course the session belongs to, if any."""
+    capacity: _builtins.int
+    """Maximum number of participants in the room at once (instructors always get in); 0 is unlimited."""
+    parent_session_id: _builtins.str
+    """The parent session when this session is a breakout room, else empty."""
+    state: _common_pb2.SessionState.ValueType
+    """The state the session starts in (SCHEDULED, or OPEN when its join window is already open)."""
+    @_builtins.property
+    def scheduled_start_time(self) -> _timestamp_pb2.Timestamp:
+        """Scheduled start."""
+
+    @_builtins.property
+    def scheduled_end_time(self) -> _timestamp_pb2.Timestamp:
+        """Scheduled end."""
+
+    def __init__(
+        self,
+        *,
+        title: _builtins.str = ...,
+        class_id: _builtins.str = ...,
+        course_id: _builtins.str = ...,
+        scheduled_start_time: _timestamp_pb2.Timestamp | None = ...,
+        scheduled_end_time: _timestamp_pb2.Timestamp | None = ...,
+        capacity: _builtins.int = ...,
+        parent_session_id: _builtins.str = ...,
+        state: _common_pb2.SessionState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scheduled_end_time", b"scheduled_end_time", "scheduled_start_time", b"scheduled_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "class_id", b"class_id", "course_id", b"course_id", "parent_session_id", b"parent_session_id", "scheduled_end_time", b"scheduled_end_time", "scheduled_start_time", b"scheduled_start_time", "state", b"state", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SessionEvent: _TypeAlias = SessionEvent  # noqa: Y015
+Global___SessionCreated: _TypeAlias = SessionCreated  # noqa: Y015
+
+@_typing.final
+class SessionUpdated(_message.Message):
+    """A session's title, schedule, capacity or settings changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    SCHEDULED_START_TIME_FIELD_NUMBER: _builtins.int
+    SCHEDULED_END_TIME_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    title: _builtins.str
+    """Title after the update."""
+    capacity: _builtins.int
+    """Capacity after the update; 0 is unlimited."""
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields of `classwire.api.session.v1.Session` that changed."""
+
+    @_builtins.property
+    def scheduled_start_time(self) -> _timestamp_pb2.Timestamp:
+        """Scheduled start after the update."""
+
+    @_builtins.property
+    def scheduled_end_time(self) -> _timestamp_pb2.Timestamp:
+        """Scheduled end after the update."""
+
+    def __init__(
+        self,
+        *,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        title: _builtins.str = ...,
+        scheduled_start_time: _timestamp_pb2.Timestamp | None = ...,
+        scheduled_end_time: _timestamp_pb2.Timestamp | None = ...,
+        capacity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scheduled_end_time", b"scheduled_end_time", "scheduled_start_time", b"scheduled_start_time", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "scheduled_end_time", b"scheduled_end_time", "scheduled_start_time", b"scheduled_start_time", "title", b"title", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionUpdated: _TypeAlias = SessionUpdated  # noqa: Y015
+
+@_typing.final
+class SessionStateChanged(_message.Message):
+    """A session moved from one lifecycle state to another (SCHEDULED -> OPEN -> LIVE). The terminal
+    moves are also described by `SessionEnded` and `SessionCancelled`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_STATE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    previous_state: _common_pb2.SessionState.ValueType
+    """The state before."""
+    state: _common_pb2.SessionState.ValueType
+    """The state after."""
+    def __init__(
+        self,
+        *,
+        previous_state: _common_pb2.SessionState.ValueType = ...,
+        state: _common_pb2.SessionState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_state", b"previous_state", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStateChanged: _TypeAlias = SessionStateChanged  # noqa: Y015
+
+@_typing.final
+class SessionEnded(_message.Message):
+    """A session ended. Everyone was disconnected with LEAVE_REASON_SESSION_ENDED."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    LIVE_TIME_FIELD_NUMBER: _builtins.int
+    LIVE_DURATION_FIELD_NUMBER: _builtins.int
+    reason: Global___SessionEndReason.ValueType
+    """Why it ended."""
+    message: _builtins.str
+    """Free text given with EndSession, if any."""
+    @_builtins.property
+    def live_time(self) -> _timestamp_pb2.Timestamp:
+        """When the session went live, if it did."""
+
+    @_builtins.property
+    def live_duration(self) -> _duration_pb2.Duration:
+        """How long it was live."""
+
+    def __init__(
+        self,
+        *,
+        reason: Global___SessionEndReason.ValueType = ...,
+        message: _builtins.str = ...,
+        live_time: _timestamp_pb2.Timestamp | None = ...,
+        live_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["live_duration", b"live_duration", "live_time", b"live_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["live_duration", b"live_duration", "live_time", b"live_time", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionEnded: _TypeAlias = SessionEnded  # noqa: Y015
+
+@_typing.final
+class SessionCancelled(_message.Message):
+    """A session was called off before it went live."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Free text given with CancelSession, if any."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionCancelled: _TypeAlias = SessionCancelled  # noqa: Y015
+
+@_typing.final
+class JoinTokenIssued(_message.Message):
+    """A join token was issued. The token itself is never part of an event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    """Id of the token, for revocation."""
+    participant_id: _builtins.str
+    """The participant the token admits."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    role: _common_pb2.ParticipantRole.ValueType
+    """The role the token grants."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the token stops admitting."""
+
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        role: _common_pb2.ParticipantRole.ValueType = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "identity", b"identity", "participant_id", b"participant_id", "role", b"role", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinTokenIssued: _TypeAlias = JoinTokenIssued  # noqa: Y015
+
+@_typing.final
+class JoinTokenRevoked(_message.Message):
+    """A join token was revoked (explicitly, or because its participant was removed)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    """Id of the token."""
+    participant_id: _builtins.str
+    """The participant the token admitted."""
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participant_id", b"participant_id", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinTokenRevoked: _TypeAlias = JoinTokenRevoked  # noqa: Y015
+
+@_typing.final
+class ParticipantJoined(_message.Message):
+    """A participant joined the room."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    REJOINED_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant, stable for an identity within a session."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    display_name: _builtins.str
+    """Name shown to others."""
+    role: _common_pb2.ParticipantRole.ValueType
+    """The participant's role."""
+    rejoined: _builtins.bool
+    """True when the participant had joined this session before and left; attendance opens a new
+    interval.
+    """
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        role: _common_pb2.ParticipantRole.ValueType = ...,
+        rejoined: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "identity", b"identity", "participant_id", b"participant_id", "rejoined", b"rejoined", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantJoined: _TypeAlias = ParticipantJoined  # noqa: Y015
+
+@_typing.final
+class ParticipantReconnecting(_message.Message):
+    """A participant's connection dropped without a leave."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    RESUME_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    @_builtins.property
+    def resume_deadline_time(self) -> _timestamp_pb2.Timestamp:
+        """When the grace window closes; after it the participant has left with
+        LEAVE_REASON_CONNECTION_LOST.
+        """
+
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        resume_deadline_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resume_deadline_time", b"resume_deadline_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "participant_id", b"participant_id", "resume_deadline_time", b"resume_deadline_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantReconnecting: _TypeAlias = ParticipantReconnecting  # noqa: Y015
+
+@_typing.final
+class ParticipantResumed(_message.Message):
+    """A reconnecting participant resumed with its resume token inside the grace window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    DISCONNECTED_DURATION_FIELD_NUMBER: _builtins.int
+    REPLAYED_PUSH_COUNT_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    replayed_push_count: _builtins.int
+    """Number of pushes replayed to the participant on resume."""
+    @_builtins.property
+    def disconnected_duration(self) -> _duration_pb2.Duration:
+        """How long the participant was disconnected."""
+
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        disconnected_duration: _duration_pb2.Duration | None = ...,
+        replayed_push_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["disconnected_duration", b"disconnected_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disconnected_duration", b"disconnected_duration", "identity", b"identity", "participant_id", b"participant_id", "replayed_push_count", b"replayed_push_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantResumed: _TypeAlias = ParticipantResumed  # noqa: Y015
+
+@_typing.final
+class ParticipantLeft(_message.Message):
+    """A participant left the room."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MOVED_TO_SESSION_ID_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    reason: _common_pb2.LeaveReason.ValueType
+    """Why it left."""
+    moved_to_session_id: _builtins.str
+    """With LEAVE_REASON_MOVED: the room (session id) it moved to."""
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        reason: _common_pb2.LeaveReason.ValueType = ...,
+        moved_to_session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "moved_to_session_id", b"moved_to_session_id", "participant_id", b"participant_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantLeft: _TypeAlias = ParticipantLeft  # noqa: Y015
+
+@_typing.final
+class ParticipantWaiting(_message.Message):
+    """A participant is in the waiting room (the session has a waiting room, or learners may not join
+    before the instructor).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    display_name: _builtins.str
+    """Name shown to moderators."""
+    role: _common_pb2.ParticipantRole.ValueType
+    """The participant's role."""
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        role: _common_pb2.ParticipantRole.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "identity", b"identity", "participant_id", b"participant_id", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantWaiting: _TypeAlias = ParticipantWaiting  # noqa: Y015
+
+@_typing.final
+class ParticipantAdmitted(_message.Message):
+    """A waiting participant was admitted (by a moderator, or automatically when the instructor arrived)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "participant_id", b"participant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantAdmitted: _TypeAlias = ParticipantAdmitted  # noqa: Y015
+
+@_typing.final
+class ParticipantDenied(_message.Message):
+    """A waiting participant was denied entry; it leaves with LEAVE_REASON_DENIED."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    message: _builtins.str
+    """Free text shown to the participant, if any."""
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "message", b"message", "participant_id", b"participant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantDenied: _TypeAlias = ParticipantDenied  # noqa: Y015
+
+@_typing.final
+class ParticipantMuted(_message.Message):
+    """A moderator muted a participant's published tracks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.TrackSource.ValueType]:
+        """The kinds of track muted."""
+
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        sources: _abc.Iterable[_common_pb2.TrackSource.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "participant_id", b"participant_id", "sources", b"sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantMuted: _TypeAlias = ParticipantMuted  # noqa: Y015
+
+@_typing.final
+class ParticipantRemoved(_message.Message):
+    """A moderator removed a participant. It leaves with LEAVE_REASON_REMOVED and its tokens are revoked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REJOIN_BLOCKED_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    message: _builtins.str
+    """Free text shown to the participant, if any."""
+    rejoin_blocked: _builtins.bool
+    """True when tokens issued later for the same identity are refused too."""
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        message: _builtins.str = ...,
+        rejoin_blocked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "message", b"message", "participant_id", b"participant_id", "rejoin_blocked", b"rejoin_blocked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantRemoved: _TypeAlias = ParticipantRemoved  # noqa: Y015
+
+@_typing.final
+class ParticipantRoleChanged(_message.Message):
+    """A participant's role changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    PREVIOUS_ROLE_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    PERMISSIONS_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    previous_role: _common_pb2.ParticipantRole.ValueType
+    """The role before."""
+    role: _common_pb2.ParticipantRole.ValueType
+    """The role after."""
+    @_builtins.property
+    def permissions(self) -> _containers.RepeatedScalarFieldContainer[Global___ParticipantPermission.ValueType]:
+        """The participant's effective permissions after the change."""
+
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        previous_role: _common_pb2.ParticipantRole.ValueType = ...,
+        role: _common_pb2.ParticipantRole.ValueType = ...,
+        permissions: _abc.Iterable[Global___ParticipantPermission.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "participant_id", b"participant_id", "permissions", b"permissions", "previous_role", b"previous_role", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantRoleChanged: _TypeAlias = ParticipantRoleChanged  # noqa: Y015
+
+@_typing.final
+class ParticipantPermissionsChanged(_message.Message):
+    """A participant's permission overrides changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    PERMISSIONS_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    @_builtins.property
+    def permissions(self) -> _containers.RepeatedScalarFieldContainer[Global___ParticipantPermission.ValueType]:
+        """The participant's effective permissions after the change."""
+
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        permissions: _abc.Iterable[Global___ParticipantPermission.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "participant_id", b"participant_id", "permissions", b"permissions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantPermissionsChanged: _TypeAlias = ParticipantPermissionsChanged  # noqa: Y015
+
+@_typing.final
+class RoomLocked(_message.Message):
+    """The room was locked: joins of participants who have never joined are refused; participants
+    who already joined may still reconnect and rejoin.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
+    """Free text shown to participants, if any."""
+    def __init__(
+        self,
+        *,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoomLocked: _TypeAlias = RoomLocked  # noqa: Y015
+
+@_typing.final
+class RoomUnlocked(_message.Message):
+    """The room was unlocked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
+    """Free text shown to participants, if any."""
+    def __init__(
+        self,
+        *,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoomUnlocked: _TypeAlias = RoomUnlocked  # noqa: Y015
+
+@_typing.final
+class HandRaised(_message.Message):
+    """A participant raised their hand."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    queue_position: _builtins.int
+    """1-based position in the hand queue (ordered by raise time)."""
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        queue_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "participant_id", b"participant_id", "queue_position", b"queue_position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandRaised: _TypeAlias = HandRaised  # noqa: Y015
+
+@_typing.final
+class HandLowered(_message.Message):
+    """A participant's hand was lowered. Lowering all hands emits one HandLowered per raised hand,
+    in queue order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    RAISED_DURATION_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    @_builtins.property
+    def raised_duration(self) -> _duration_pb2.Duration:
+        """How long the hand was up."""
+
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        raised_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["raised_duration", b"raised_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "participant_id", b"participant_id", "raised_duration", b"raised_duration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandLowered: _TypeAlias = HandLowered  # noqa: Y015
+
+@_typing.final
+class ChatMessagePosted(_message.Message):
+    """A chat message was posted. Delivered to participants according to its audience."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SENDER_PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    SENDER_IDENTITY_FIELD_NUMBER: _builtins.int
+    SENDER_DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    RECIPIENT_PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    REPLY_TO_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """Id of the message."""
+    sender_participant_id: _builtins.str
+    """The sending participant; empty when a backend service posted."""
+    sender_identity: _builtins.str
+    """The sender's identity; empty when a backend service posted."""
+    sender_display_name: _builtins.str
+    """The sender's display name (or the name a backend service gave)."""
+    audience: Global___ChatAudience.ValueType
+    """Who may read it."""
+    recipient_participant_id: _builtins.str
+    """With CHAT_AUDIENCE_PARTICIPANT: the recipient."""
+    text: _builtins.str
+    """The text (plain UTF-8, at most 4,000 characters)."""
+    reply_to_message_id: _builtins.str
+    """The message this one replies to, if any."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        sender_participant_id: _builtins.str = ...,
+        sender_identity: _builtins.str = ...,
+        sender_display_name: _builtins.str = ...,
+        audience: Global___ChatAudience.ValueType = ...,
+        recipient_participant_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        reply_to_message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "message_id", b"message_id", "recipient_participant_id", b"recipient_participant_id", "reply_to_message_id", b"reply_to_message_id", "sender_display_name", b"sender_display_name", "sender_identity", b"sender_identity", "sender_participant_id", b"sender_participant_id", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatMessagePosted: _TypeAlias = ChatMessagePosted  # noqa: Y015
+
+@_typing.final
+class ChatMessageDeleted(_message.Message):
+    """A chat message was deleted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """Id of the message."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatMessageDeleted: _TypeAlias = ChatMessageDeleted  # noqa: Y015
+
+@_typing.final
+class ReactionSent(_message.Message):
+    """A participant sent a reaction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    EMOJI_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    emoji: _builtins.str
+    """The reaction: one Unicode emoji (for example "👍")."""
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        emoji: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emoji", b"emoji", "identity", b"identity", "participant_id", b"participant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReactionSent: _TypeAlias = ReactionSent  # noqa: Y015
+
+@_typing.final
+class PollCreated(_message.Message):
+    """A poll or quiz was opened. The correct answers are part of the log, but never pushed to
+    learners before the poll closes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Option(_message.Message):
+        """One answer option."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        OPTION_ID_FIELD_NUMBER: _builtins.int
+        TEXT_FIELD_NUMBER: _builtins.int
+        option_id: _builtins.str
+        """Id of the option, unique within the poll."""
+        text: _builtins.str
+        """Text of the option."""
+        def __init__(
+            self,
+            *,
+            option_id: _builtins.str = ...,
+            text: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["option_id", b"option_id", "text", b"text"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    POLL_ID_FIELD_NUMBER: _builtins.int
+    QUESTION_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    CORRECT_OPTION_IDS_FIELD_NUMBER: _builtins.int
+    ANONYMOUS_FIELD_NUMBER: _builtins.int
+    MAX_SELECTIONS_FIELD_NUMBER: _builtins.int
+    CLOSE_TIME_FIELD_NUMBER: _builtins.int
+    poll_id: _builtins.str
+    """Id of the poll."""
+    question: _builtins.str
+    """The question."""
+    anonymous: _builtins.bool
+    """True when answers are never attributed to participants (events omit who answered)."""
+    max_selections: _builtins.int
+    """How many options one answer may select (1 for single choice)."""
+    @_builtins.property
+    def options(self) -> _containers.RepeatedCompositeFieldContainer[Global___PollCreated.Option]:
+        """The options, in display order."""
+
+    @_builtins.property
+    def correct_option_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For a quiz, the ids of the correct options; empty for an opinion poll."""
+
+    @_builtins.property
+    def close_time(self) -> _timestamp_pb2.Timestamp:
+        """When the poll closes by itself, if it has a timer."""
+
+    def __init__(
+        self,
+        *,
+        poll_id: _builtins.str = ...,
+        question: _builtins.str = ...,
+        options: _abc.Iterable[Global___PollCreated.Option] | None = ...,
+        correct_option_ids: _abc.Iterable[_builtins.str] | None = ...,
+        anonymous: _builtins.bool = ...,
+        max_selections: _builtins.int = ...,
+        close_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anonymous", b"anonymous", "close_time", b"close_time", "correct_option_ids", b"correct_option_ids", "max_selections", b"max_selections", "options", b"options", "poll_id", b"poll_id", "question", b"question"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PollCreated: _TypeAlias = PollCreated  # noqa: Y015
+
+@_typing.final
+class PollAnswered(_message.Message):
+    """A participant answered a poll, or changed their answer (one answer per participant, changeable
+    until the poll closes).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLL_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    OPTION_IDS_FIELD_NUMBER: _builtins.int
+    REPLACED_PREVIOUS_FIELD_NUMBER: _builtins.int
+    ANSWER_COUNT_FIELD_NUMBER: _builtins.int
+    poll_id: _builtins.str
+    """Id of the poll."""
+    participant_id: _builtins.str
+    """The participant; empty when the poll is anonymous."""
+    identity: _builtins.str
+    """The participant's identity; empty when the poll is anonymous."""
+    replaced_previous: _builtins.bool
+    """True when this answer replaced an earlier one of the same participant."""
+    answer_count: _builtins.int
+    """Number of participants who have answered so far."""
+    @_builtins.property
+    def option_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The selected options."""
+
+    def __init__(
+        self,
+        *,
+        poll_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        option_ids: _abc.Iterable[_builtins.str] | None = ...,
+        replaced_previous: _builtins.bool = ...,
+        answer_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_count", b"answer_count", "identity", b"identity", "option_ids", b"option_ids", "participant_id", b"participant_id", "poll_id", b"poll_id", "replaced_previous", b"replaced_previous"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PollAnswered: _TypeAlias = PollAnswered  # noqa: Y015
+
+@_typing.final
+class PollClosed(_message.Message):
+    """A poll was closed. Its results are kept as data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Reason:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[PollClosed._Reason.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        REASON_UNSPECIFIED: PollClosed._Reason.ValueType  # 0
+        """Not set."""
+        REASON_REQUESTED: PollClosed._Reason.ValueType  # 1
+        """A moderator or backend service closed it."""
+        REASON_TIMER_EXPIRED: PollClosed._Reason.ValueType  # 2
+        """Its timer ran out."""
+        REASON_SESSION_ENDED: PollClosed._Reason.ValueType  # 3
+        """The session ended."""
+
+    class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
+        """Why the poll closed."""
+
+    REASON_UNSPECIFIED: PollClosed.Reason.ValueType  # 0
+    """Not set."""
+    REASON_REQUESTED: PollClosed.Reason.ValueType  # 1
+    """A moderator or backend service closed it."""
+    REASON_TIMER_EXPIRED: PollClosed.Reason.ValueType  # 2
+    """Its timer ran out."""
+    REASON_SESSION_ENDED: PollClosed.Reason.ValueType  # 3
+    """The session ended."""
+
+    @_typing.final
+    class OptionResult(_message.Message):
+        """The count of one option."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        OPTION_ID_FIELD_NUMBER: _builtins.int
+        COUNT_FIELD_NUMBER: _builtins.int
+        CORRECT_FIELD_NUMBER: _builtins.int
+        option_id: _builtins.str
+        """Id of the option."""
+        count: _builtins.int
+        """Number of answers that selected it."""
+        correct: _builtins.bool
+        """True when the option is a correct answer of a quiz."""
+        def __init__(
+            self,
+            *,
+            option_id: _builtins.str = ...,
+            count: _builtins.int = ...,
+            correct: _builtins.bool = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["correct", b"correct", "count", b"count", "option_id", b"option_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    POLL_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ANSWER_COUNT_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_COUNT_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    CORRECT_COUNT_FIELD_NUMBER: _builtins.int
+    poll_id: _builtins.str
+    """Id of the poll."""
+    reason: Global___PollClosed.Reason.ValueType
+    """Why it closed."""
+    answer_count: _builtins.int
+    """Number of participants who answered."""
+    eligible_count: _builtins.int
+    """Number of participants in the room who could answer, when it closed."""
+    correct_count: _builtins.int
+    """For a quiz, the number of answers that were exactly right."""
+    @_builtins.property
+    def options(self) -> _containers.RepeatedCompositeFieldContainer[Global___PollClosed.OptionResult]:
+        """Per-option counts, in display order."""
+
+    def __init__(
+        self,
+        *,
+        poll_id: _builtins.str = ...,
+        reason: Global___PollClosed.Reason.ValueType = ...,
+        answer_count: _builtins.int = ...,
+        eligible_count: _builtins.int = ...,
+        options: _abc.Iterable[Global___PollClosed.OptionResult] | None = ...,
+        correct_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_count", b"answer_count", "correct_count", b"correct_count", "eligible_count", b"eligible_count", "options", b"options", "poll_id", b"poll_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PollClosed: _TypeAlias = PollClosed  # noqa: Y015
+
+@_typing.final
+class BreakoutsOpened(_message.Message):
+    """Breakout rooms were opened. Each room is a child session with its own events and attendance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Room(_message.Message):
+        """One breakout room."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        SESSION_ID_FIELD_NUMBER: _builtins.int
+        NAME_FIELD_NUMBER: _builtins.int
+        PARTICIPANT_IDS_FIELD_NUMBER: _builtins.int
+        session_id: _builtins.str
+        """The room's session id (a child session of the event's session)."""
+        name: _builtins.str
+        """Name of the room."""
+        @_builtins.property
+        def participant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+            """Participants assigned to it."""
+
+        def __init__(
+            self,
+            *,
+            session_id: _builtins.str = ...,
+            name: _builtins.str = ...,
+            participant_ids: _abc.Iterable[_builtins.str] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "participant_ids", b"participant_ids", "session_id", b"session_id"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ROOMS_FIELD_NUMBER: _builtins.int
+    CLOSE_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rooms(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakoutsOpened.Room]:
+        """The rooms."""
+
+    @_builtins.property
+    def close_time(self) -> _timestamp_pb2.Timestamp:
+        """When the rooms close by themselves, if a duration was given."""
+
+    def __init__(
+        self,
+        *,
+        rooms: _abc.Iterable[Global___BreakoutsOpened.Room] | None = ...,
+        close_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "rooms", b"rooms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakoutsOpened: _TypeAlias = BreakoutsOpened  # noqa: Y015
+
+@_typing.final
+class BreakoutParticipantMoved(_message.Message):
+    """A participant was moved between rooms during breakouts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    FROM_SESSION_ID_FIELD_NUMBER: _builtins.int
+    TO_SESSION_ID_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    from_session_id: _builtins.str
+    """The room (session id) it left."""
+    to_session_id: _builtins.str
+    """The room (session id) it entered."""
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        from_session_id: _builtins.str = ...,
+        to_session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_session_id", b"from_session_id", "identity", b"identity", "participant_id", b"participant_id", "to_session_id", b"to_session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakoutParticipantMoved: _TypeAlias = BreakoutParticipantMoved  # noqa: Y015
+
+@_typing.final
+class BreakoutBroadcast(_message.Message):
+    """A message was broadcast to every breakout room."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    SESSION_IDS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The text."""
+    @_builtins.property
+    def session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The rooms (session ids) it reached."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        session_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_ids", b"session_ids", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakoutBroadcast: _TypeAlias = BreakoutBroadcast  # noqa: Y015
+
+@_typing.final
+class BreakoutsClosing(_message.Message):
+    """Breakout rooms are closing; participants return to the main room when the countdown ends."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTDOWN_FIELD_NUMBER: _builtins.int
+    CLOSE_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def countdown(self) -> _duration_pb2.Duration:
+        """Length of the countdown."""
+
+    @_builtins.property
+    def close_time(self) -> _timestamp_pb2.Timestamp:
+        """When the rooms close."""
+
+    def __init__(
+        self,
+        *,
+        countdown: _duration_pb2.Duration | None = ...,
+        close_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "countdown", b"countdown"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "countdown", b"countdown"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakoutsClosing: _TypeAlias = BreakoutsClosing  # noqa: Y015
+
+@_typing.final
+class BreakoutsClosed(_message.Message):
+    """Breakout rooms closed; their participants are back in the main room."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The rooms (session ids) that closed."""
+
+    def __init__(
+        self,
+        *,
+        session_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_ids", b"session_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakoutsClosed: _TypeAlias = BreakoutsClosed  # noqa: Y015
+
+@_typing.final
+class AttendanceIntervalRecorded(_message.Message):
+    """One attendance interval of a participant closed. Intervals separated only by a resumed
+    reconnection are one interval.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    JOIN_TIME_FIELD_NUMBER: _builtins.int
+    LEAVE_TIME_FIELD_NUMBER: _builtins.int
+    LEAVE_REASON_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """The participant."""
+    identity: _builtins.str
+    """The embedding product's user id."""
+    role: _common_pb2.ParticipantRole.ValueType
+    """The participant's role during the interval."""
+    leave_reason: _common_pb2.LeaveReason.ValueType
+    """Why the participant left."""
+    @_builtins.property
+    def join_time(self) -> _timestamp_pb2.Timestamp:
+        """When the participant joined."""
+
+    @_builtins.property
+    def leave_time(self) -> _timestamp_pb2.Timestamp:
+        """When the participant left."""
+
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        role: _common_pb2.ParticipantRole.ValueType = ...,
+        join_time: _timestamp_pb2.Timestamp | None = ...,
+        leave_time: _timestamp_pb2.Timestamp | None = ...,
+        leave_reason: _common_pb2.LeaveReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["join_time", b"join_time", "leave_time", b"leave_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "join_time", b"join_time", "leave_reason", b"leave_reason", "leave_time", b"leave_time", "participant_id", b"participant_id", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttendanceIntervalRecorded: _TypeAlias = AttendanceIntervalRecorded  # noqa: Y015
+
+@_typing.final
+class AttendanceFinalized(_message.Message):
+    """The session ended and its attendance is final. Per-participant detail: GetAttendance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_COUNT_FIELD_NUMBER: _builtins.int
+    LATE_COUNT_FIELD_NUMBER: _builtins.int
+    EARLY_LEAVE_COUNT_FIELD_NUMBER: _builtins.int
+    participant_count: _builtins.int
+    """Number of distinct participants who joined."""
+    late_count: _builtins.int
+    """Number of them who joined after the scheduled start."""
+    early_leave_count: _builtins.int
+    """Number of them who left for good before the scheduled end."""
+    def __init__(
+        self,
+        *,
+        participant_count: _builtins.int = ...,
+        late_count: _builtins.int = ...,
+        early_leave_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["early_leave_count", b"early_leave_count", "late_count", b"late_count", "participant_count", b"participant_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttendanceFinalized: _TypeAlias = AttendanceFinalized  # noqa: Y015

@@ -2,22 +2,162 @@
 // @generated from file classwire/api/events/v1/data_events.proto (package classwire.api.events.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Message } from "@bufbuild/protobuf";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file classwire/api/events/v1/data_events.proto.
  */
 export const file_classwire_api_events_v1_data_events: GenFile = /*@__PURE__*/
-  fileDesc("CiljbGFzc3dpcmUvYXBpL2V2ZW50cy92MS9kYXRhX2V2ZW50cy5wcm90bxIXY2xhc3N3aXJlLmFwaS5ldmVudHMudjEiEQoJRGF0YUV2ZW50SgQIARACYgZwcm90bzM");
+  fileDesc("CiljbGFzc3dpcmUvYXBpL2V2ZW50cy92MS9kYXRhX2V2ZW50cy5wcm90bxIXY2xhc3N3aXJlLmFwaS5ldmVudHMudjEi4gkKCURhdGFFdmVudBI8CgxjdXN0b21fZXZlbnQYASABKAsyJC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5DdXN0b21FdmVudEgAEksKFHNlc3Npb25fcmVwb3J0X3JlYWR5GAIgASgLMisuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuU2Vzc2lvblJlcG9ydFJlYWR5SAASTQoVc2Vzc2lvbl9yZXBvcnRfZmFpbGVkGAMgASgLMiwuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuU2Vzc2lvblJlcG9ydEZhaWxlZEgAEkQKEHRyYW5zY3JpcHRfcmVhZHkYBCABKAsyKC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5UcmFuc2NyaXB0UmVhZHlIABJEChBleHBvcnRfY29tcGxldGVkGAUgASgLMiguY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuRXhwb3J0Q29tcGxldGVkSAASRgoRbm90aWZpY2F0aW9uX3NlbnQYBiABKAsyKS5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5Ob3RpZmljYXRpb25TZW50SAASSgoTbm90aWZpY2F0aW9uX2ZhaWxlZBgHIAEoCzIrLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLk5vdGlmaWNhdGlvbkZhaWxlZEgAElIKF25vdGlmaWNhdGlvbl9zdXBwcmVzc2VkGAggASgLMi8uY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuTm90aWZpY2F0aW9uU3VwcHJlc3NlZEgAEkgKEndvcmtmbG93X3RyaWdnZXJlZBgJIAEoCzIqLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLldvcmtmbG93VHJpZ2dlcmVkSAASTwoWZW5nYWdlbWVudF9mbGFnX3JhaXNlZBgKIAEoCzItLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkVuZ2FnZW1lbnRGbGFnUmFpc2VkSAASTwoWeGFwaV9zdGF0ZW1lbnRzX3B1c2hlZBgLIAEoCzItLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlhhcGlTdGF0ZW1lbnRzUHVzaGVkSAASRAoQcmF0aW5nX3N1Ym1pdHRlZBgMIAEoCzIoLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlJhdGluZ1N1Ym1pdHRlZEgAEkAKDnJhdGluZ19kZWxldGVkGA0gASgLMiYuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUmF0aW5nRGVsZXRlZEgAEkQKEHdvcmtmbG93X3VwZGF0ZWQYDiABKAsyKC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5Xb3JrZmxvd1VwZGF0ZWRIABJjCiBub3RpZmljYXRpb25fcHJlZmVyZW5jZXNfdXBkYXRlZBgPIAEoCzI3LmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLk5vdGlmaWNhdGlvblByZWZlcmVuY2VzVXBkYXRlZEgAEl0KHW5vdGlmaWNhdGlvbl90ZW1wbGF0ZV91cGRhdGVkGBAgASgLMjQuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuTm90aWZpY2F0aW9uVGVtcGxhdGVVcGRhdGVkSABCCQoHcGF5bG9hZCLLAQoLQ3VzdG9tRXZlbnQSFwoPY2xpZW50X2V2ZW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSGAoQc3ViamVjdF9pZGVudGl0eRgDIAEoCRISCgpzZXNzaW9uX2lkGAQgASgJEhAKCGNsYXNzX2lkGAUgASgJEiUKBGRhdGEYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei4KCm9jY3VyX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrQBChJTZXNzaW9uUmVwb3J0UmVhZHkSEgoKc2Vzc2lvbl9pZBgBIAEoCRIQCghyZXZpc2lvbhgCIAEoBRIxCg1nZW5lcmF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFwYXJ0aWNpcGFudF9jb3VudBgEIAEoBRIWCg5oYXNfdHJhbnNjcmlwdBgFIAEoCBISCgpzdW1tYXJpemVyGAYgASgJIpgBChNTZXNzaW9uUmVwb3J0RmFpbGVkEhIKCnNlc3Npb25faWQYASABKAkSDgoGcmVhc29uGAIgASgJEg8KB21lc3NhZ2UYAyABKAkSFQoNYXR0ZW1wdF9jb3VudBgEIAEoBRI1ChFuZXh0X2F0dGVtcHRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAilAEKD1RyYW5zY3JpcHRSZWFkeRISCgpzZXNzaW9uX2lkGAEgASgJEhUKDXNlZ21lbnRfY291bnQYAiABKAUSEQoJbGFuZ3VhZ2VzGAMgAygJEg8KB2VuZ2luZXMYBCADKAkSMgoPc3BlZWNoX2R1cmF0aW9uGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIqgCCg9FeHBvcnRDb21wbGV0ZWQSEQoJZXhwb3J0X2lkGAEgASgJEjcKBGtpbmQYAiABKA4yKS5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5FeHBvcnRSZWNvcmRLaW5kEjUKBmZvcm1hdBgDIAEoDjIlLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkV4cG9ydEZvcm1hdBIUCgxyZWNvcmRfY291bnQYBCABKAMSEgoKYnl0ZV9jb3VudBgFIAEoAxI0ChByYW5nZV9zdGFydF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5yYW5nZV9lbmRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAinAEKE05vdGlmaWNhdGlvbkNvbnRleHQSFwoPbm90aWZpY2F0aW9uX2lkGAEgASgJEg8KB2NoYW5uZWwYAiABKAkSFAoMcmVjaXBpZW50X2lkGAMgASgJEhAKCHRlbXBsYXRlGAQgASgJEg0KBWNhdXNlGAUgASgJEhAKCHdvcmtmbG93GAYgASgJEhIKCnNlc3Npb25faWQYByABKAkiigEKEE5vdGlmaWNhdGlvblNlbnQSQgoMbm90aWZpY2F0aW9uGAEgASgLMiwuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuTm90aWZpY2F0aW9uQ29udGV4dBIVCg1hdHRlbXB0X2NvdW50GAIgASgFEhsKE3Byb3ZpZGVyX21lc3NhZ2VfaWQYAyABKAkixwEKEk5vdGlmaWNhdGlvbkZhaWxlZBJCCgxub3RpZmljYXRpb24YASABKAsyLC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5Ob3RpZmljYXRpb25Db250ZXh0EhUKDWF0dGVtcHRfY291bnQYAiABKAUSDgoGcmVhc29uGAMgASgJEg8KB21lc3NhZ2UYBCABKAkSNQoRbmV4dF9hdHRlbXB0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrQBChZOb3RpZmljYXRpb25TdXBwcmVzc2VkEkIKDG5vdGlmaWNhdGlvbhgBIAEoCzIsLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLk5vdGlmaWNhdGlvbkNvbnRleHQSRgoGcmVhc29uGAIgASgOMjYuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuTm90aWZpY2F0aW9uU3VwcHJlc3Npb25SZWFzb24SDgoGZGV0YWlsGAMgASgJIsIBChFXb3JrZmxvd1RyaWdnZXJlZBIQCgh3b3JrZmxvdxgBIAEoCRIOCgZydW5faWQYAiABKAkSDQoFY2F1c2UYAyABKAkSGAoQdHJpZ2dlcl9ldmVudF9pZBgEIAEoCRIaChJ0cmlnZ2VyX2V2ZW50X3R5cGUYBSABKAkSGAoQdHJpZ2dlcl9zZXF1ZW5jZRgGIAEoBBISCgpzZXNzaW9uX2lkGAcgASgJEhgKEHN1YmplY3RfaWRlbnRpdHkYCCABKAki1wIKFEVuZ2FnZW1lbnRGbGFnUmFpc2VkEg8KB2ZsYWdfaWQYASABKAkSGAoQbGVhcm5lcl9pZGVudGl0eRgCIAEoCRISCgpzZXNzaW9uX2lkGAMgASgJEhAKCGNsYXNzX2lkGAQgASgJEjkKBGtpbmQYBSABKA4yKy5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5FbmdhZ2VtZW50RmxhZ0tpbmQSDAoEcnVsZRgGIAEoCRIWCg5vYnNlcnZlZF92YWx1ZRgHIAEoARIRCgl0aHJlc2hvbGQYCCABKAESNQoRd2luZG93X3N0YXJ0X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD3dpbmRvd19lbmRfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGZGV0YWlsGAsgASgJIq4CChRYYXBpU3RhdGVtZW50c1B1c2hlZBIPCgdwdXNoX2lkGAEgASgJEgsKA2xycxgCIAEoCRIXCg9tYXBwaW5nX3ZlcnNpb24YAyABKAkSEgoKc2Vzc2lvbl9pZBgEIAEoCRI0ChByYW5nZV9zdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5yYW5nZV9lbmRfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPc3RhdGVtZW50X2NvdW50GAcgASgDEhQKDHN0b3JlZF9jb3VudBgIIAEoAxIcChRhbHJlYWR5X3N0b3JlZF9jb3VudBgJIAEoAxIUCgxmYWlsZWRfY291bnQYCiABKAMijgEKD1JhdGluZ1N1Ym1pdHRlZBIRCglyYXRpbmdfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIWCg5yYXRlcl9pZGVudGl0eRgDIAEoCRIbChNpbnN0cnVjdG9yX2lkZW50aXR5GAQgASgJEg0KBXNjb3JlGAUgASgFEhAKCHJlcGxhY2VkGAYgASgIIlMKDVJhdGluZ0RlbGV0ZWQSEQoJcmF0aW5nX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSGwoTaW5zdHJ1Y3Rvcl9pZGVudGl0eRgDIAEoCSJMCg9Xb3JrZmxvd1VwZGF0ZWQSEAoId29ya2Zsb3cYASABKAkSDwoHZW5hYmxlZBgCIAEoCBIWCg5jaGFuZ2VkX2ZpZWxkcxgDIAMoCSJOCh5Ob3RpZmljYXRpb25QcmVmZXJlbmNlc1VwZGF0ZWQSFAoMcmVjaXBpZW50X2lkGAEgASgJEhYKDmNoYW5nZWRfZmllbGRzGAIgAygJImYKG05vdGlmaWNhdGlvblRlbXBsYXRlVXBkYXRlZBIQCgh0ZW1wbGF0ZRgBIAEoCRIOCgZsb2NhbGUYAiABKAkSDQoFcmVzZXQYAyABKAgSFgoOY2hhbmdlZF9maWVsZHMYBCADKAkqjwIKEEV4cG9ydFJlY29yZEtpbmQSIgoeRVhQT1JUX1JFQ09SRF9LSU5EX1VOU1BFQ0lGSUVEEAASHQoZRVhQT1JUX1JFQ09SRF9LSU5EX0VWRU5UUxABEiEKHUVYUE9SVF9SRUNPUkRfS0lORF9BVFRFTkRBTkNFEAISIQodRVhQT1JUX1JFQ09SRF9LSU5EX0VOR0FHRU1FTlQQAxIqCiZFWFBPUlRfUkVDT1JEX0tJTkRfVFJBTlNDUklQVF9TRUdNRU5UUxAEEiYKIkVYUE9SVF9SRUNPUkRfS0lORF9TRVNTSU9OX1JFUE9SVFMQBRIeChpFWFBPUlRfUkVDT1JEX0tJTkRfUkFUSU5HUxAGKmIKDEV4cG9ydEZvcm1hdBIdChlFWFBPUlRfRk9STUFUX1VOU1BFQ0lGSUVEEAASHAoYRVhQT1JUX0ZPUk1BVF9KU09OX0xJTkVTEAESFQoRRVhQT1JUX0ZPUk1BVF9DU1YQAirpAgodTm90aWZpY2F0aW9uU3VwcHJlc3Npb25SZWFzb24SLworTk9USUZJQ0FUSU9OX1NVUFBSRVNTSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEi0KKU5PVElGSUNBVElPTl9TVVBQUkVTU0lPTl9SRUFTT05fT1BURURfT1VUEAESLgoqTk9USUZJQ0FUSU9OX1NVUFBSRVNTSU9OX1JFQVNPTl9OT19DT05TRU5UEAISLQopTk9USUZJQ0FUSU9OX1NVUFBSRVNTSU9OX1JFQVNPTl9EVVBMSUNBVEUQAxIuCipOT1RJRklDQVRJT05fU1VQUFJFU1NJT05fUkVBU09OX05PX0FERFJFU1MQBBIrCidOT1RJRklDQVRJT05fU1VQUFJFU1NJT05fUkVBU09OX0VYUElSRUQQBRIsCihOT1RJRklDQVRJT05fU1VQUFJFU1NJT05fUkVBU09OX0RJU0FCTEVEEAYqhgMKEkVuZ2FnZW1lbnRGbGFnS2luZBIkCiBFTkdBR0VNRU5UX0ZMQUdfS0lORF9VTlNQRUNJRklFRBAAEiYKIkVOR0FHRU1FTlRfRkxBR19LSU5EX0xPV19UQUxLX1RJTUUQARIoCiRFTkdBR0VNRU5UX0ZMQUdfS0lORF9MT1dfQ0FNRVJBX1RJTUUQAhIvCitFTkdBR0VNRU5UX0ZMQUdfS0lORF9MT1dfUE9MTF9QQVJUSUNJUEFUSU9OEAMSKgomRU5HQUdFTUVOVF9GTEFHX0tJTkRfTE9XX1BPTExfQUNDVVJBQ1kQBBInCiNFTkdBR0VNRU5UX0ZMQUdfS0lORF9OT19JTlRFUkFDVElPThAFEicKI0VOR0FHRU1FTlRfRkxBR19LSU5EX0xPV19BVFRFTkRBTkNFEAYSKAokRU5HQUdFTUVOVF9GTEFHX0tJTkRfREVDTElOSU5HX1RSRU5EEAcSHwobRU5HQUdFTUVOVF9GTEFHX0tJTkRfQ1VTVE9NEAhiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
- * Events owned by the data area.
+ * Events owned by the data area: events ingested by the embedding product, post-session reports,
+ * transcripts, exports, xAPI pushes, ratings, automated workflows and notifications.
+ *
+ * A payload repeats the session id when it concerns a session, so that it stands on its own when
+ * a consumer handles payloads apart from their envelope.
  *
  * @generated from message classwire.api.events.v1.DataEvent
  */
 export type DataEvent = Message<"classwire.api.events.v1.DataEvent"> & {
+  /**
+   * What happened. The Event envelope's `type` is the fully-qualified name of the message set here.
+   *
+   * @generated from oneof classwire.api.events.v1.DataEvent.payload
+   */
+  payload: {
+    /**
+     * An event ingested by the embedding product through IngestEvents or IngestEventBatch.
+     *
+     * @generated from field: classwire.api.events.v1.CustomEvent custom_event = 1;
+     */
+    value: CustomEvent;
+    case: "customEvent";
+  } | {
+    /**
+     * A post-session report was built and can be fetched.
+     *
+     * @generated from field: classwire.api.events.v1.SessionReportReady session_report_ready = 2;
+     */
+    value: SessionReportReady;
+    case: "sessionReportReady";
+  } | {
+    /**
+     * Building a post-session report failed.
+     *
+     * @generated from field: classwire.api.events.v1.SessionReportFailed session_report_failed = 3;
+     */
+    value: SessionReportFailed;
+    case: "sessionReportFailed";
+  } | {
+    /**
+     * A session's transcript is complete.
+     *
+     * @generated from field: classwire.api.events.v1.TranscriptReady transcript_ready = 4;
+     */
+    value: TranscriptReady;
+    case: "transcriptReady";
+  } | {
+    /**
+     * A record export streamed its last chunk.
+     *
+     * @generated from field: classwire.api.events.v1.ExportCompleted export_completed = 5;
+     */
+    value: ExportCompleted;
+    case: "exportCompleted";
+  } | {
+    /**
+     * A notification was handed to its channel.
+     *
+     * @generated from field: classwire.api.events.v1.NotificationSent notification_sent = 6;
+     */
+    value: NotificationSent;
+    case: "notificationSent";
+  } | {
+    /**
+     * A notification attempt failed.
+     *
+     * @generated from field: classwire.api.events.v1.NotificationFailed notification_failed = 7;
+     */
+    value: NotificationFailed;
+    case: "notificationFailed";
+  } | {
+    /**
+     * A notification was deliberately not sent.
+     *
+     * @generated from field: classwire.api.events.v1.NotificationSuppressed notification_suppressed = 8;
+     */
+    value: NotificationSuppressed;
+    case: "notificationSuppressed";
+  } | {
+    /**
+     * An automated workflow started a run.
+     *
+     * @generated from field: classwire.api.events.v1.WorkflowTriggered workflow_triggered = 9;
+     */
+    value: WorkflowTriggered;
+    case: "workflowTriggered";
+  } | {
+    /**
+     * A learner was flagged for staff attention because of their engagement.
+     *
+     * @generated from field: classwire.api.events.v1.EngagementFlagRaised engagement_flag_raised = 10;
+     */
+    value: EngagementFlagRaised;
+    case: "engagementFlagRaised";
+  } | {
+    /**
+     * xAPI statements were pushed to a Learning Record Store.
+     *
+     * @generated from field: classwire.api.events.v1.XapiStatementsPushed xapi_statements_pushed = 11;
+     */
+    value: XapiStatementsPushed;
+    case: "xapiStatementsPushed";
+  } | {
+    /**
+     * A rating of an instructor was submitted or replaced.
+     *
+     * @generated from field: classwire.api.events.v1.RatingSubmitted rating_submitted = 12;
+     */
+    value: RatingSubmitted;
+    case: "ratingSubmitted";
+  } | {
+    /**
+     * A rating of an instructor was deleted.
+     *
+     * @generated from field: classwire.api.events.v1.RatingDeleted rating_deleted = 13;
+     */
+    value: RatingDeleted;
+    case: "ratingDeleted";
+  } | {
+    /**
+     * A workflow's tenant configuration changed.
+     *
+     * @generated from field: classwire.api.events.v1.WorkflowUpdated workflow_updated = 14;
+     */
+    value: WorkflowUpdated;
+    case: "workflowUpdated";
+  } | {
+    /**
+     * A recipient's notification preferences changed.
+     *
+     * @generated from field: classwire.api.events.v1.NotificationPreferencesUpdated notification_preferences_updated = 15;
+     */
+    value: NotificationPreferencesUpdated;
+    case: "notificationPreferencesUpdated";
+  } | {
+    /**
+     * A tenant's override of a notification template was changed or removed.
+     *
+     * @generated from field: classwire.api.events.v1.NotificationTemplateUpdated notification_template_updated = 16;
+     */
+    value: NotificationTemplateUpdated;
+    case: "notificationTemplateUpdated";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -26,4 +166,1159 @@ export type DataEvent = Message<"classwire.api.events.v1.DataEvent"> & {
  */
 export const DataEventSchema: GenMessage<DataEvent> = /*@__PURE__*/
   messageDesc(file_classwire_api_events_v1_data_events, 0);
+
+/**
+ * An event of the embedding product's own (a quiz score, a homework submission, custom
+ * engagement), ingested through DataService.IngestEvents. The same message is the ingest input:
+ * the server stores it as given and assigns the envelope's id and sequence.
+ *
+ * @generated from message classwire.api.events.v1.CustomEvent
+ */
+export type CustomEvent = Message<"classwire.api.events.v1.CustomEvent"> & {
+  /**
+   * The caller's id of the event, 1 to 128 printable ASCII characters. Events with the same id
+   * are deduplicated for at least 24 hours after the first was committed.
+   *
+   * @generated from field: string client_event_id = 1;
+   */
+  clientEventId: string;
+
+  /**
+   * The event's name, lower-case dot-separated words of `[a-z0-9_]` (for example `quiz.scored`),
+   * at most 128 characters. Filters, analytics and exports group on it.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The identity (the embedding product's user id) of the person the event is about, usually a
+   * learner. Optional.
+   *
+   * @generated from field: string subject_identity = 3;
+   */
+  subjectIdentity: string;
+
+  /**
+   * The live session the event belongs to, if any. When set it must be a session of the tenant.
+   *
+   * @generated from field: string session_id = 4;
+   */
+  sessionId: string;
+
+  /**
+   * The class the event belongs to, if any (a roster class id); analytics group on it.
+   *
+   * @generated from field: string class_id = 5;
+   */
+  classId: string;
+
+  /**
+   * Free-form details of the event, at most 32 KiB once serialized.
+   *
+   * @generated from field: google.protobuf.Struct data = 6;
+   */
+  data?: JsonObject | undefined;
+
+  /**
+   * When the event happened. Unset means the time it was committed; at most 5 minutes in the
+   * future.
+   *
+   * @generated from field: google.protobuf.Timestamp occur_time = 7;
+   */
+  occurTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.CustomEvent.
+ * Use `create(CustomEventSchema)` to create a new message.
+ */
+export const CustomEventSchema: GenMessage<CustomEvent> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 1);
+
+/**
+ * A post-session report was built (or rebuilt) and GetSessionReport now returns it as READY.
+ *
+ * @generated from message classwire.api.events.v1.SessionReportReady
+ */
+export type SessionReportReady = Message<"classwire.api.events.v1.SessionReportReady"> & {
+  /**
+   * The session the report describes.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * The report's revision: 1 for the first build, incremented by every rebuild.
+   *
+   * @generated from field: int32 revision = 2;
+   */
+  revision: number;
+
+  /**
+   * When the report was generated.
+   *
+   * @generated from field: google.protobuf.Timestamp generate_time = 3;
+   */
+  generateTime?: Timestamp | undefined;
+
+  /**
+   * How many people the attendance section lists, absent ones included.
+   *
+   * @generated from field: int32 participant_count = 4;
+   */
+  participantCount: number;
+
+  /**
+   * Whether the report carries a transcript excerpt.
+   *
+   * @generated from field: bool has_transcript = 5;
+   */
+  hasTranscript: boolean;
+
+  /**
+   * The name of the summarizer provider that wrote the summary; empty when none was written.
+   *
+   * @generated from field: string summarizer = 6;
+   */
+  summarizer: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SessionReportReady.
+ * Use `create(SessionReportReadySchema)` to create a new message.
+ */
+export const SessionReportReadySchema: GenMessage<SessionReportReady> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 2);
+
+/**
+ * Building a post-session report failed. The build job retries with backoff until
+ * `next_attempt_time` is unset, which means it gave up (RebuildSessionReport starts again).
+ *
+ * @generated from message classwire.api.events.v1.SessionReportFailed
+ */
+export type SessionReportFailed = Message<"classwire.api.events.v1.SessionReportFailed"> & {
+  /**
+   * The session whose report failed.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * Why, as an UPPER_SNAKE_CASE reason, for example `SUMMARIZER_FAILED`.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * A human-readable explanation, free of secrets.
+   *
+   * @generated from field: string message = 3;
+   */
+  message: string;
+
+  /**
+   * How many attempts were made so far.
+   *
+   * @generated from field: int32 attempt_count = 4;
+   */
+  attemptCount: number;
+
+  /**
+   * When the next attempt is due; unset when the job gave up.
+   *
+   * @generated from field: google.protobuf.Timestamp next_attempt_time = 5;
+   */
+  nextAttemptTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SessionReportFailed.
+ * Use `create(SessionReportFailedSchema)` to create a new message.
+ */
+export const SessionReportFailedSchema: GenMessage<SessionReportFailed> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 3);
+
+/**
+ * A session's transcript is complete: every track's recognizer finished and its final segments
+ * are stored.
+ *
+ * @generated from message classwire.api.events.v1.TranscriptReady
+ */
+export type TranscriptReady = Message<"classwire.api.events.v1.TranscriptReady"> & {
+  /**
+   * The session (or breakout room) the transcript belongs to.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * How many final segments the transcript holds.
+   *
+   * @generated from field: int32 segment_count = 2;
+   */
+  segmentCount: number;
+
+  /**
+   * The languages found, as BCP-47 tags.
+   *
+   * @generated from field: repeated string languages = 3;
+   */
+  languages: string[];
+
+  /**
+   * The transcription engine provider(s) used, by registered name.
+   *
+   * @generated from field: repeated string engines = 4;
+   */
+  engines: string[];
+
+  /**
+   * The sum of the segments' durations.
+   *
+   * @generated from field: google.protobuf.Duration speech_duration = 5;
+   */
+  speechDuration?: Duration | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.TranscriptReady.
+ * Use `create(TranscriptReadySchema)` to create a new message.
+ */
+export const TranscriptReadySchema: GenMessage<TranscriptReady> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 4);
+
+/**
+ * A record export streamed its last chunk to the caller (the envelope's actor).
+ *
+ * @generated from message classwire.api.events.v1.ExportCompleted
+ */
+export type ExportCompleted = Message<"classwire.api.events.v1.ExportCompleted"> & {
+  /**
+   * The export's id, as sent in the stream's header.
+   *
+   * @generated from field: string export_id = 1;
+   */
+  exportId: string;
+
+  /**
+   * What was exported.
+   *
+   * @generated from field: classwire.api.events.v1.ExportRecordKind kind = 2;
+   */
+  kind: ExportRecordKind;
+
+  /**
+   * How it was serialized.
+   *
+   * @generated from field: classwire.api.events.v1.ExportFormat format = 3;
+   */
+  format: ExportFormat;
+
+  /**
+   * How many records were streamed.
+   *
+   * @generated from field: int64 record_count = 4;
+   */
+  recordCount: bigint;
+
+  /**
+   * How many bytes were streamed.
+   *
+   * @generated from field: int64 byte_count = 5;
+   */
+  byteCount: bigint;
+
+  /**
+   * The start of the exported time range, if the export had one.
+   *
+   * @generated from field: google.protobuf.Timestamp range_start_time = 6;
+   */
+  rangeStartTime?: Timestamp | undefined;
+
+  /**
+   * The end (exclusive) of the exported time range, if the export had one.
+   *
+   * @generated from field: google.protobuf.Timestamp range_end_time = 7;
+   */
+  rangeEndTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ExportCompleted.
+ * Use `create(ExportCompletedSchema)` to create a new message.
+ */
+export const ExportCompletedSchema: GenMessage<ExportCompleted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 5);
+
+/**
+ * Which notification an event is about. Shared by the notification events.
+ *
+ * @generated from message classwire.api.events.v1.NotificationContext
+ */
+export type NotificationContext = Message<"classwire.api.events.v1.NotificationContext"> & {
+  /**
+   * The notification's id; stable across attempts.
+   *
+   * @generated from field: string notification_id = 1;
+   */
+  notificationId: string;
+
+  /**
+   * The channel, by the name its notification provider registered (for example `email` or
+   * `http`).
+   *
+   * @generated from field: string channel = 2;
+   */
+  channel: string;
+
+  /**
+   * The recipient: a roster person id.
+   *
+   * @generated from field: string recipient_id = 3;
+   */
+  recipientId: string;
+
+  /**
+   * The template used, for example `session_report`.
+   *
+   * @generated from field: string template = 4;
+   */
+  template: string;
+
+  /**
+   * The cause key that makes the notice unique per recipient (one notice per recipient per
+   * cause), for example `session_report:<session id>`.
+   *
+   * @generated from field: string cause = 5;
+   */
+  cause: string;
+
+  /**
+   * The workflow that asked for the notification, if any.
+   *
+   * @generated from field: string workflow = 6;
+   */
+  workflow: string;
+
+  /**
+   * The session the notification concerns, if any.
+   *
+   * @generated from field: string session_id = 7;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.NotificationContext.
+ * Use `create(NotificationContextSchema)` to create a new message.
+ */
+export const NotificationContextSchema: GenMessage<NotificationContext> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 6);
+
+/**
+ * A notification was handed to its channel, which accepted it.
+ *
+ * @generated from message classwire.api.events.v1.NotificationSent
+ */
+export type NotificationSent = Message<"classwire.api.events.v1.NotificationSent"> & {
+  /**
+   * Which notification.
+   *
+   * @generated from field: classwire.api.events.v1.NotificationContext notification = 1;
+   */
+  notification?: NotificationContext | undefined;
+
+  /**
+   * Which attempt succeeded (1 for the first).
+   *
+   * @generated from field: int32 attempt_count = 2;
+   */
+  attemptCount: number;
+
+  /**
+   * The channel provider's id of the message (for example the SMTP message id), if it has one.
+   *
+   * @generated from field: string provider_message_id = 3;
+   */
+  providerMessageId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.NotificationSent.
+ * Use `create(NotificationSentSchema)` to create a new message.
+ */
+export const NotificationSentSchema: GenMessage<NotificationSent> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 7);
+
+/**
+ * A notification attempt failed. It is retried with backoff until `next_attempt_time` is unset,
+ * which means it was abandoned.
+ *
+ * @generated from message classwire.api.events.v1.NotificationFailed
+ */
+export type NotificationFailed = Message<"classwire.api.events.v1.NotificationFailed"> & {
+  /**
+   * Which notification.
+   *
+   * @generated from field: classwire.api.events.v1.NotificationContext notification = 1;
+   */
+  notification?: NotificationContext | undefined;
+
+  /**
+   * How many attempts were made so far.
+   *
+   * @generated from field: int32 attempt_count = 2;
+   */
+  attemptCount: number;
+
+  /**
+   * Why, as an UPPER_SNAKE_CASE reason, for example `CHANNEL_UNAVAILABLE` or `ADDRESS_REJECTED`.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * A human-readable explanation, free of secrets.
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+
+  /**
+   * When the next attempt is due; unset when the notification was abandoned.
+   *
+   * @generated from field: google.protobuf.Timestamp next_attempt_time = 5;
+   */
+  nextAttemptTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.NotificationFailed.
+ * Use `create(NotificationFailedSchema)` to create a new message.
+ */
+export const NotificationFailedSchema: GenMessage<NotificationFailed> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 8);
+
+/**
+ * A notification was deliberately not sent.
+ *
+ * @generated from message classwire.api.events.v1.NotificationSuppressed
+ */
+export type NotificationSuppressed = Message<"classwire.api.events.v1.NotificationSuppressed"> & {
+  /**
+   * Which notification.
+   *
+   * @generated from field: classwire.api.events.v1.NotificationContext notification = 1;
+   */
+  notification?: NotificationContext | undefined;
+
+  /**
+   * Why it was not sent.
+   *
+   * @generated from field: classwire.api.events.v1.NotificationSuppressionReason reason = 2;
+   */
+  reason: NotificationSuppressionReason;
+
+  /**
+   * A human-readable detail, free of personal data beyond the recipient id.
+   *
+   * @generated from field: string detail = 3;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.NotificationSuppressed.
+ * Use `create(NotificationSuppressedSchema)` to create a new message.
+ */
+export const NotificationSuppressedSchema: GenMessage<NotificationSuppressed> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 9);
+
+/**
+ * An automated workflow (built in or from a plugin) started a run.
+ *
+ * @generated from message classwire.api.events.v1.WorkflowTriggered
+ */
+export type WorkflowTriggered = Message<"classwire.api.events.v1.WorkflowTriggered"> & {
+  /**
+   * The workflow's name, for example `learner_absent`.
+   *
+   * @generated from field: string workflow = 1;
+   */
+  workflow: string;
+
+  /**
+   * The run's id; stable across retries of the run.
+   *
+   * @generated from field: string run_id = 2;
+   */
+  runId: string;
+
+  /**
+   * The cause key that makes the run unique (a workflow runs once per cause), for example
+   * `learner_absent:<session id>:<identity>`.
+   *
+   * @generated from field: string cause = 3;
+   */
+  cause: string;
+
+  /**
+   * The id of the event that triggered the run; empty for timer-driven runs.
+   *
+   * @generated from field: string trigger_event_id = 4;
+   */
+  triggerEventId: string;
+
+  /**
+   * The type of the triggering event (a fully-qualified payload name); empty for timer-driven
+   * runs.
+   *
+   * @generated from field: string trigger_event_type = 5;
+   */
+  triggerEventType: string;
+
+  /**
+   * The tenant-log sequence of the triggering event; 0 for timer-driven runs.
+   *
+   * @generated from field: uint64 trigger_sequence = 6;
+   */
+  triggerSequence: bigint;
+
+  /**
+   * The session the run concerns, if any.
+   *
+   * @generated from field: string session_id = 7;
+   */
+  sessionId: string;
+
+  /**
+   * The identity the run concerns (a learner or an instructor), if any.
+   *
+   * @generated from field: string subject_identity = 8;
+   */
+  subjectIdentity: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.WorkflowTriggered.
+ * Use `create(WorkflowTriggeredSchema)` to create a new message.
+ */
+export const WorkflowTriggeredSchema: GenMessage<WorkflowTriggered> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 10);
+
+/**
+ * A learner was flagged for staff attention because of their engagement.
+ *
+ * @generated from message classwire.api.events.v1.EngagementFlagRaised
+ */
+export type EngagementFlagRaised = Message<"classwire.api.events.v1.EngagementFlagRaised"> & {
+  /**
+   * The flag's id.
+   *
+   * @generated from field: string flag_id = 1;
+   */
+  flagId: string;
+
+  /**
+   * The flagged learner's identity.
+   *
+   * @generated from field: string learner_identity = 2;
+   */
+  learnerIdentity: string;
+
+  /**
+   * The session that was evaluated; empty when the rule looks at a time window.
+   *
+   * @generated from field: string session_id = 3;
+   */
+  sessionId: string;
+
+  /**
+   * The class the evaluation concerned, if any.
+   *
+   * @generated from field: string class_id = 4;
+   */
+  classId: string;
+
+  /**
+   * What raised the flag.
+   *
+   * @generated from field: classwire.api.events.v1.EngagementFlagKind kind = 5;
+   */
+  kind: EngagementFlagKind;
+
+  /**
+   * The rule (workflow setting) that raised it, for example `low_engagement`.
+   *
+   * @generated from field: string rule = 6;
+   */
+  rule: string;
+
+  /**
+   * The measured value, in the unit the kind documents.
+   *
+   * @generated from field: double observed_value = 7;
+   */
+  observedValue: number;
+
+  /**
+   * The threshold it crossed, in the same unit.
+   *
+   * @generated from field: double threshold = 8;
+   */
+  threshold: number;
+
+  /**
+   * The start of the evaluated window, when the rule looks at a time window.
+   *
+   * @generated from field: google.protobuf.Timestamp window_start_time = 9;
+   */
+  windowStartTime?: Timestamp | undefined;
+
+  /**
+   * The end (exclusive) of the evaluated window, when the rule looks at a time window.
+   *
+   * @generated from field: google.protobuf.Timestamp window_end_time = 10;
+   */
+  windowEndTime?: Timestamp | undefined;
+
+  /**
+   * A human-readable explanation.
+   *
+   * @generated from field: string detail = 11;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.EngagementFlagRaised.
+ * Use `create(EngagementFlagRaisedSchema)` to create a new message.
+ */
+export const EngagementFlagRaisedSchema: GenMessage<EngagementFlagRaised> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 11);
+
+/**
+ * xAPI statements were pushed to a Learning Record Store (by PushXapiStatements or by a
+ * continuous push).
+ *
+ * @generated from message classwire.api.events.v1.XapiStatementsPushed
+ */
+export type XapiStatementsPushed = Message<"classwire.api.events.v1.XapiStatementsPushed"> & {
+  /**
+   * The push's id.
+   *
+   * @generated from field: string push_id = 1;
+   */
+  pushId: string;
+
+  /**
+   * The Learning Record Store provider, by registered name.
+   *
+   * @generated from field: string lrs = 2;
+   */
+  lrs: string;
+
+  /**
+   * The version of the pinned verb mapping the statements were built with.
+   *
+   * @generated from field: string mapping_version = 3;
+   */
+  mappingVersion: string;
+
+  /**
+   * The session the push covered, if it was scoped to one.
+   *
+   * @generated from field: string session_id = 4;
+   */
+  sessionId: string;
+
+  /**
+   * The start of the covered time range, if it had one.
+   *
+   * @generated from field: google.protobuf.Timestamp range_start_time = 5;
+   */
+  rangeStartTime?: Timestamp | undefined;
+
+  /**
+   * The end (exclusive) of the covered time range, if it had one.
+   *
+   * @generated from field: google.protobuf.Timestamp range_end_time = 6;
+   */
+  rangeEndTime?: Timestamp | undefined;
+
+  /**
+   * How many statements were built.
+   *
+   * @generated from field: int64 statement_count = 7;
+   */
+  statementCount: bigint;
+
+  /**
+   * How many the LRS stored now.
+   *
+   * @generated from field: int64 stored_count = 8;
+   */
+  storedCount: bigint;
+
+  /**
+   * How many the LRS already held (same statement id; retries are idempotent).
+   *
+   * @generated from field: int64 already_stored_count = 9;
+   */
+  alreadyStoredCount: bigint;
+
+  /**
+   * How many the LRS rejected or could not take.
+   *
+   * @generated from field: int64 failed_count = 10;
+   */
+  failedCount: bigint;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.XapiStatementsPushed.
+ * Use `create(XapiStatementsPushedSchema)` to create a new message.
+ */
+export const XapiStatementsPushedSchema: GenMessage<XapiStatementsPushed> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 12);
+
+/**
+ * A rating of an instructor was submitted, or replaced an earlier one by the same rater.
+ *
+ * @generated from message classwire.api.events.v1.RatingSubmitted
+ */
+export type RatingSubmitted = Message<"classwire.api.events.v1.RatingSubmitted"> & {
+  /**
+   * The rating's id.
+   *
+   * @generated from field: string rating_id = 1;
+   */
+  ratingId: string;
+
+  /**
+   * The session rated.
+   *
+   * @generated from field: string session_id = 2;
+   */
+  sessionId: string;
+
+  /**
+   * The rater's identity.
+   *
+   * @generated from field: string rater_identity = 3;
+   */
+  raterIdentity: string;
+
+  /**
+   * The rated instructor's identity.
+   *
+   * @generated from field: string instructor_identity = 4;
+   */
+  instructorIdentity: string;
+
+  /**
+   * The score, 1 (worst) to 5 (best).
+   *
+   * @generated from field: int32 score = 5;
+   */
+  score: number;
+
+  /**
+   * Whether the rating replaced an earlier one by the same rater for the same session and
+   * instructor.
+   *
+   * @generated from field: bool replaced = 6;
+   */
+  replaced: boolean;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RatingSubmitted.
+ * Use `create(RatingSubmittedSchema)` to create a new message.
+ */
+export const RatingSubmittedSchema: GenMessage<RatingSubmitted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 13);
+
+/**
+ * A rating of an instructor was deleted.
+ *
+ * @generated from message classwire.api.events.v1.RatingDeleted
+ */
+export type RatingDeleted = Message<"classwire.api.events.v1.RatingDeleted"> & {
+  /**
+   * The rating's id.
+   *
+   * @generated from field: string rating_id = 1;
+   */
+  ratingId: string;
+
+  /**
+   * The session the rating was for.
+   *
+   * @generated from field: string session_id = 2;
+   */
+  sessionId: string;
+
+  /**
+   * The rated instructor's identity.
+   *
+   * @generated from field: string instructor_identity = 3;
+   */
+  instructorIdentity: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RatingDeleted.
+ * Use `create(RatingDeletedSchema)` to create a new message.
+ */
+export const RatingDeletedSchema: GenMessage<RatingDeleted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 14);
+
+/**
+ * A workflow's tenant configuration changed.
+ *
+ * @generated from message classwire.api.events.v1.WorkflowUpdated
+ */
+export type WorkflowUpdated = Message<"classwire.api.events.v1.WorkflowUpdated"> & {
+  /**
+   * The workflow's name.
+   *
+   * @generated from field: string workflow = 1;
+   */
+  workflow: string;
+
+  /**
+   * Whether the workflow is now enabled.
+   *
+   * @generated from field: bool enabled = 2;
+   */
+  enabled: boolean;
+
+  /**
+   * The fields that changed (FieldMask paths of the Workflow resource).
+   *
+   * @generated from field: repeated string changed_fields = 3;
+   */
+  changedFields: string[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.WorkflowUpdated.
+ * Use `create(WorkflowUpdatedSchema)` to create a new message.
+ */
+export const WorkflowUpdatedSchema: GenMessage<WorkflowUpdated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 15);
+
+/**
+ * A recipient's notification preferences changed.
+ *
+ * @generated from message classwire.api.events.v1.NotificationPreferencesUpdated
+ */
+export type NotificationPreferencesUpdated = Message<"classwire.api.events.v1.NotificationPreferencesUpdated"> & {
+  /**
+   * The recipient: a roster person id.
+   *
+   * @generated from field: string recipient_id = 1;
+   */
+  recipientId: string;
+
+  /**
+   * The fields that changed (FieldMask paths of the NotificationPreferences resource).
+   *
+   * @generated from field: repeated string changed_fields = 2;
+   */
+  changedFields: string[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.NotificationPreferencesUpdated.
+ * Use `create(NotificationPreferencesUpdatedSchema)` to create a new message.
+ */
+export const NotificationPreferencesUpdatedSchema: GenMessage<NotificationPreferencesUpdated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 16);
+
+/**
+ * A tenant's override of a notification template was changed or removed.
+ *
+ * @generated from message classwire.api.events.v1.NotificationTemplateUpdated
+ */
+export type NotificationTemplateUpdated = Message<"classwire.api.events.v1.NotificationTemplateUpdated"> & {
+  /**
+   * The template's name, for example `session_report`.
+   *
+   * @generated from field: string template = 1;
+   */
+  template: string;
+
+  /**
+   * The template's locale, a BCP-47 tag.
+   *
+   * @generated from field: string locale = 2;
+   */
+  locale: string;
+
+  /**
+   * Whether the override was removed, so the built-in template applies again.
+   *
+   * @generated from field: bool reset = 3;
+   */
+  reset: boolean;
+
+  /**
+   * The fields that changed (FieldMask paths of the NotificationTemplate resource); empty when
+   * reset.
+   *
+   * @generated from field: repeated string changed_fields = 4;
+   */
+  changedFields: string[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.NotificationTemplateUpdated.
+ * Use `create(NotificationTemplateUpdatedSchema)` to create a new message.
+ */
+export const NotificationTemplateUpdatedSchema: GenMessage<NotificationTemplateUpdated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_data_events, 17);
+
+/**
+ * The kind of records an export carries.
+ *
+ * @generated from enum classwire.api.events.v1.ExportRecordKind
+ */
+export enum ExportRecordKind {
+  /**
+   * Not set. Rejected.
+   *
+   * @generated from enum value: EXPORT_RECORD_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Event log entries, one Event per record.
+   *
+   * @generated from enum value: EXPORT_RECORD_KIND_EVENTS = 1;
+   */
+  EVENTS = 1,
+
+  /**
+   * Attendance: one record per person and session, with merged intervals.
+   *
+   * @generated from enum value: EXPORT_RECORD_KIND_ATTENDANCE = 2;
+   */
+  ATTENDANCE = 2,
+
+  /**
+   * Engagement: one record per person and session, with absolute measures.
+   *
+   * @generated from enum value: EXPORT_RECORD_KIND_ENGAGEMENT = 3;
+   */
+  ENGAGEMENT = 3,
+
+  /**
+   * Transcript segments, one per record.
+   *
+   * @generated from enum value: EXPORT_RECORD_KIND_TRANSCRIPT_SEGMENTS = 4;
+   */
+  TRANSCRIPT_SEGMENTS = 4,
+
+  /**
+   * Post-session reports, one per record.
+   *
+   * @generated from enum value: EXPORT_RECORD_KIND_SESSION_REPORTS = 5;
+   */
+  SESSION_REPORTS = 5,
+
+  /**
+   * Ratings of instructors, one per record.
+   *
+   * @generated from enum value: EXPORT_RECORD_KIND_RATINGS = 6;
+   */
+  RATINGS = 6,
+}
+
+/**
+ * Describes the enum classwire.api.events.v1.ExportRecordKind.
+ */
+export const ExportRecordKindSchema: GenEnum<ExportRecordKind> = /*@__PURE__*/
+  enumDesc(file_classwire_api_events_v1_data_events, 0);
+
+/**
+ * The serialization of an export.
+ *
+ * @generated from enum classwire.api.events.v1.ExportFormat
+ */
+export enum ExportFormat {
+  /**
+   * Not set. Rejected.
+   *
+   * @generated from enum value: EXPORT_FORMAT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * JSON Lines (`application/jsonl`): one record per line, in the proto3 JSON mapping.
+   *
+   * @generated from enum value: EXPORT_FORMAT_JSON_LINES = 1;
+   */
+  JSON_LINES = 1,
+
+  /**
+   * CSV (`text/csv`, RFC 4180) with a header row; nested values flattened as documented per
+   * record kind.
+   *
+   * @generated from enum value: EXPORT_FORMAT_CSV = 2;
+   */
+  CSV = 2,
+}
+
+/**
+ * Describes the enum classwire.api.events.v1.ExportFormat.
+ */
+export const ExportFormatSchema: GenEnum<ExportFormat> = /*@__PURE__*/
+  enumDesc(file_classwire_api_events_v1_data_events, 1);
+
+/**
+ * Why a notification was not sent.
+ *
+ * @generated from enum classwire.api.events.v1.NotificationSuppressionReason
+ */
+export enum NotificationSuppressionReason {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: NOTIFICATION_SUPPRESSION_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The recipient opted out of the channel or of the notification's topic.
+   *
+   * @generated from enum value: NOTIFICATION_SUPPRESSION_REASON_OPTED_OUT = 1;
+   */
+  OPTED_OUT = 1,
+
+  /**
+   * Consent is required for the recipient and was not given (or was withdrawn).
+   *
+   * @generated from enum value: NOTIFICATION_SUPPRESSION_REASON_NO_CONSENT = 2;
+   */
+  NO_CONSENT = 2,
+
+  /**
+   * A notice for the same recipient and cause was already sent.
+   *
+   * @generated from enum value: NOTIFICATION_SUPPRESSION_REASON_DUPLICATE = 3;
+   */
+  DUPLICATE = 3,
+
+  /**
+   * The recipient has no address for the channel.
+   *
+   * @generated from enum value: NOTIFICATION_SUPPRESSION_REASON_NO_ADDRESS = 4;
+   */
+  NO_ADDRESS = 4,
+
+  /**
+   * Held back by quiet hours until the notice no longer mattered (for example a reminder whose
+   * session already started).
+   *
+   * @generated from enum value: NOTIFICATION_SUPPRESSION_REASON_EXPIRED = 5;
+   */
+  EXPIRED = 5,
+
+  /**
+   * The workflow or channel is disabled for the tenant.
+   *
+   * @generated from enum value: NOTIFICATION_SUPPRESSION_REASON_DISABLED = 6;
+   */
+  DISABLED = 6,
+}
+
+/**
+ * Describes the enum classwire.api.events.v1.NotificationSuppressionReason.
+ */
+export const NotificationSuppressionReasonSchema: GenEnum<NotificationSuppressionReason> = /*@__PURE__*/
+  enumDesc(file_classwire_api_events_v1_data_events, 2);
+
+/**
+ * What about a learner's engagement raised a flag.
+ *
+ * @generated from enum classwire.api.events.v1.EngagementFlagKind
+ */
+export enum EngagementFlagKind {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: ENGAGEMENT_FLAG_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Talk time below the threshold. Values in seconds.
+   *
+   * @generated from enum value: ENGAGEMENT_FLAG_KIND_LOW_TALK_TIME = 1;
+   */
+  LOW_TALK_TIME = 1,
+
+  /**
+   * Camera on for less than the threshold's share of present time. Values are fractions 0..1.
+   *
+   * @generated from enum value: ENGAGEMENT_FLAG_KIND_LOW_CAMERA_TIME = 2;
+   */
+  LOW_CAMERA_TIME = 2,
+
+  /**
+   * Poll participation below the threshold. Values are fractions 0..1.
+   *
+   * @generated from enum value: ENGAGEMENT_FLAG_KIND_LOW_POLL_PARTICIPATION = 3;
+   */
+  LOW_POLL_PARTICIPATION = 3,
+
+  /**
+   * Poll accuracy below the threshold. Values are fractions 0..1.
+   *
+   * @generated from enum value: ENGAGEMENT_FLAG_KIND_LOW_POLL_ACCURACY = 4;
+   */
+  LOW_POLL_ACCURACY = 4,
+
+  /**
+   * No chat message, hand raise, reaction or poll answer. Values are counts.
+   *
+   * @generated from enum value: ENGAGEMENT_FLAG_KIND_NO_INTERACTION = 5;
+   */
+  NO_INTERACTION = 5,
+
+  /**
+   * Attendance rate below the threshold over the evaluation window. Values are fractions 0..1.
+   *
+   * @generated from enum value: ENGAGEMENT_FLAG_KIND_LOW_ATTENDANCE = 6;
+   */
+  LOW_ATTENDANCE = 6,
+
+  /**
+   * A week-over-week fall of an engagement measure beyond the threshold. Values are fractions.
+   *
+   * @generated from enum value: ENGAGEMENT_FLAG_KIND_DECLINING_TREND = 7;
+   */
+  DECLINING_TREND = 7,
+
+  /**
+   * A rule of a plugin's own; `rule` names it and `detail` explains it.
+   *
+   * @generated from enum value: ENGAGEMENT_FLAG_KIND_CUSTOM = 8;
+   */
+  CUSTOM = 8,
+}
+
+/**
+ * Describes the enum classwire.api.events.v1.EngagementFlagKind.
+ */
+export const EngagementFlagKindSchema: GenEnum<EngagementFlagKind> = /*@__PURE__*/
+  enumDesc(file_classwire_api_events_v1_data_events, 3);
 

@@ -2,22 +2,203 @@
 // @generated from file classwire/api/events/v1/media_events.proto (package classwire.api.events.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { TrackSource } from "../../common/v1/common_pb.js";
+import { file_classwire_api_common_v1_common } from "../../common/v1/common_pb.js";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file classwire/api/events/v1/media_events.proto.
  */
 export const file_classwire_api_events_v1_media_events: GenFile = /*@__PURE__*/
-  fileDesc("CipjbGFzc3dpcmUvYXBpL2V2ZW50cy92MS9tZWRpYV9ldmVudHMucHJvdG8SF2NsYXNzd2lyZS5hcGkuZXZlbnRzLnYxIhIKCk1lZGlhRXZlbnRKBAgBEAJiBnByb3RvMw");
+  fileDesc("CipjbGFzc3dpcmUvYXBpL2V2ZW50cy92MS9tZWRpYV9ldmVudHMucHJvdG8SF2NsYXNzd2lyZS5hcGkuZXZlbnRzLnYxItIMCgpNZWRpYUV2ZW50EkIKD3RyYWNrX3B1Ymxpc2hlZBgBIAEoCzInLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlRyYWNrUHVibGlzaGVkSAASRgoRdHJhY2tfdW5wdWJsaXNoZWQYAiABKAsyKS5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5UcmFja1VucHVibGlzaGVkSAASOgoLdHJhY2tfbXV0ZWQYAyABKAsyIy5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5UcmFja011dGVkSAASPgoNdHJhY2tfdW5tdXRlZBgEIAEoCzIlLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlRyYWNrVW5tdXRlZEgAEkQKEHRyYWNrX3N1YnNjcmliZWQYBSABKAsyKC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5UcmFja1N1YnNjcmliZWRIABJIChJ0cmFja191bnN1YnNjcmliZWQYBiABKAsyKi5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5UcmFja1Vuc3Vic2NyaWJlZEgAEkYKEXJlY29yZGluZ19zdGFydGVkGAogASgLMikuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUmVjb3JkaW5nU3RhcnRlZEgAEkYKEXJlY29yZGluZ19zdG9wcGVkGAsgASgLMikuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUmVjb3JkaW5nU3RvcHBlZEgAEkIKD3JlY29yZGluZ19yZWFkeRgMIAEoCzInLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlJlY29yZGluZ1JlYWR5SAASRAoQcmVjb3JkaW5nX2ZhaWxlZBgNIAEoCzIoLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlJlY29yZGluZ0ZhaWxlZEgAElkKG3JlY29yZGluZ19jb25zZW50X3JlcXVlc3RlZBgOIAEoCzIyLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlJlY29yZGluZ0NvbnNlbnRSZXF1ZXN0ZWRIABJVChlyZWNvcmRpbmdfY29uc2VudF9ncmFudGVkGA8gASgLMjAuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUmVjb3JkaW5nQ29uc2VudEdyYW50ZWRIABJXChpyZWNvcmRpbmdfY29uc2VudF9kZWNsaW5lZBgQIAEoCzIxLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlJlY29yZGluZ0NvbnNlbnREZWNsaW5lZEgAElEKF2FjdGl2ZV9zcGVha2Vyc19jaGFuZ2VkGBQgASgLMi4uY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuQWN0aXZlU3BlYWtlcnNDaGFuZ2VkSAASVwoac3BlYWtpbmdfaW50ZXJ2YWxfcmVjb3JkZWQYFSABKAsyMS5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5TcGVha2luZ0ludGVydmFsUmVjb3JkZWRIABJRChdxdWFsaXR5X3NhbXBsZV9yZWNvcmRlZBgWIAEoCzIuLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlF1YWxpdHlTYW1wbGVSZWNvcmRlZEgAEk4KFXRyYW5zY3JpcHRpb25fc3RhcnRlZBgeIAEoCzItLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlRyYW5zY3JpcHRpb25TdGFydGVkSAASTgoVdHJhbnNjcmlwdGlvbl9zdG9wcGVkGB8gASgLMi0uY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuVHJhbnNjcmlwdGlvblN0b3BwZWRIABJZCht0cmFuc2NyaXB0aW9uX2VuZ2luZV9mYWlsZWQYICABKAsyMi5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5UcmFuc2NyaXB0aW9uRW5naW5lRmFpbGVkSAASQgoPY2FwdGlvbl9wYXJ0aWFsGCEgASgLMicuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuQ2FwdGlvblBhcnRpYWxIABI+Cg1jYXB0aW9uX2ZpbmFsGCIgASgLMiUuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuQ2FwdGlvbkZpbmFsSABCCQoHcGF5bG9hZCLDAQoOVHJhY2tQdWJsaXNoZWQSEAoIdHJhY2tfaWQYASABKAkSFgoOcGFydGljaXBhbnRfaWQYAiABKAkSEAoIaWRlbnRpdHkYAyABKAkSNAoGc291cmNlGAQgASgOMiQuY2xhc3N3aXJlLmFwaS5jb21tb24udjEuVHJhY2tTb3VyY2USEQoJbWltZV90eXBlGAUgASgJEg0KBW11dGVkGAYgASgIEg0KBXdpZHRoGAcgASgNEg4KBmhlaWdodBgIIAEoDSLCAgoQVHJhY2tVbnB1Ymxpc2hlZBIQCgh0cmFja19pZBgBIAEoCRIWCg5wYXJ0aWNpcGFudF9pZBgCIAEoCRI0CgZzb3VyY2UYAyABKA4yJC5jbGFzc3dpcmUuYXBpLmNvbW1vbi52MS5UcmFja1NvdXJjZRJACgZyZWFzb24YBCABKA4yMC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5UcmFja1VucHVibGlzaGVkLlJlYXNvbiKLAQoGUmVhc29uEhYKElJFQVNPTl9VTlNQRUNJRklFRBAAEhYKElJFQVNPTl9VTlBVQkxJU0hFRBABEhsKF1JFQVNPTl9QQVJUSUNJUEFOVF9MRUZUEAISFQoRUkVBU09OX01FRElBX0xPU1QQAxIdChlSRUFTT05fUEVSTUlTU0lPTl9SRVZPS0VEEAQibAoKVHJhY2tNdXRlZBIQCgh0cmFja19pZBgBIAEoCRIWCg5wYXJ0aWNpcGFudF9pZBgCIAEoCRI0CgZzb3VyY2UYAyABKA4yJC5jbGFzc3dpcmUuYXBpLmNvbW1vbi52MS5UcmFja1NvdXJjZSJuCgxUcmFja1VubXV0ZWQSEAoIdHJhY2tfaWQYASABKAkSFgoOcGFydGljaXBhbnRfaWQYAiABKAkSNAoGc291cmNlGAMgASgOMiQuY2xhc3N3aXJlLmFwaS5jb21tb24udjEuVHJhY2tTb3VyY2UiaAoPVHJhY2tTdWJzY3JpYmVkEhAKCHRyYWNrX2lkGAEgASgJEiEKGXN1YnNjcmliZXJfcGFydGljaXBhbnRfaWQYAiABKAkSIAoYcHVibGlzaGVyX3BhcnRpY2lwYW50X2lkGAMgASgJImoKEVRyYWNrVW5zdWJzY3JpYmVkEhAKCHRyYWNrX2lkGAEgASgJEiEKGXN1YnNjcmliZXJfcGFydGljaXBhbnRfaWQYAiABKAkSIAoYcHVibGlzaGVyX3BhcnRpY2lwYW50X2lkGAMgASgJIlgKEFJlY29yZGluZ1N0YXJ0ZWQSFAoMcmVjb3JkaW5nX2lkGAEgASgJEhQKDGF1dG9fc3RhcnRlZBgCIAEoCBIYChBjb25zZW50X3JlcXVpcmVkGAMgASgIIoMCChBSZWNvcmRpbmdTdG9wcGVkEhQKDHJlY29yZGluZ19pZBgBIAEoCRJACgZyZWFzb24YAiABKA4yMC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5SZWNvcmRpbmdTdG9wcGVkLlJlYXNvbhIrCghkdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJqCgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASFAoQUkVBU09OX1JFUVVFU1RFRBABEhgKFFJFQVNPTl9TRVNTSU9OX0VOREVEEAISGAoUUkVBU09OX0xJTUlUX1JFQUNIRUQQAyKBAQoOUmVjb3JkaW5nUmVhZHkSFAoMcmVjb3JkaW5nX2lkGAEgASgJEisKCGR1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhIKCmZpbGVfY291bnQYAyABKA0SGAoQdG90YWxfc2l6ZV9ieXRlcxgEIAEoBCJICg9SZWNvcmRpbmdGYWlsZWQSFAoMcmVjb3JkaW5nX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIPCgdtZXNzYWdlGAMgASgJImQKGVJlY29yZGluZ0NvbnNlbnRSZXF1ZXN0ZWQSFAoMcmVjb3JkaW5nX2lkGAEgASgJEhgKEGNvbnNlbnRfcmVxdWlyZWQYAiABKAgSFwoPcGFydGljaXBhbnRfaWRzGAMgAygJIlkKF1JlY29yZGluZ0NvbnNlbnRHcmFudGVkEhQKDHJlY29yZGluZ19pZBgBIAEoCRIWCg5wYXJ0aWNpcGFudF9pZBgCIAEoCRIQCghpZGVudGl0eRgDIAEoCSJaChhSZWNvcmRpbmdDb25zZW50RGVjbGluZWQSFAoMcmVjb3JkaW5nX2lkGAEgASgJEhYKDnBhcnRpY2lwYW50X2lkGAIgASgJEhAKCGlkZW50aXR5GAMgASgJIpMBChVBY3RpdmVTcGVha2Vyc0NoYW5nZWQSSAoIc3BlYWtlcnMYASADKAsyNi5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5BY3RpdmVTcGVha2Vyc0NoYW5nZWQuU3BlYWtlchowCgdTcGVha2VyEhYKDnBhcnRpY2lwYW50X2lkGAEgASgJEg0KBWxldmVsGAIgASgCIrQBChhTcGVha2luZ0ludGVydmFsUmVjb3JkZWQSFgoOcGFydGljaXBhbnRfaWQYASABKAkSEAoIaWRlbnRpdHkYAiABKAkSEAoIdHJhY2tfaWQYAyABKAkSLgoKc3RhcnRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIugCChVRdWFsaXR5U2FtcGxlUmVjb3JkZWQSFgoOcGFydGljaXBhbnRfaWQYASABKAkSOgoJZGlyZWN0aW9uGAIgASgOMicuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuTWVkaWFEaXJlY3Rpb24SEAoIdHJhY2tfaWQYAyABKAkSLwoLc2FtcGxlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBnBlcmlvZBgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIZChFwYWNrZXRfbG9zc19yYXRpbxgGIAEoARIpCgZqaXR0ZXIYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMgoPcm91bmRfdHJpcF90aW1lGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC2JpdHJhdGVfYnBzGAkgASgEIk4KFFRyYW5zY3JpcHRpb25TdGFydGVkEg4KBmVuZ2luZRgBIAEoCRIQCghsYW5ndWFnZRgCIAEoCRIUCgxhdXRvX3N0YXJ0ZWQYAyABKAgiyAEKFFRyYW5zY3JpcHRpb25TdG9wcGVkEkQKBnJlYXNvbhgBIAEoDjI0LmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlRyYW5zY3JpcHRpb25TdG9wcGVkLlJlYXNvbiJqCgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASFAoQUkVBU09OX1JFUVVFU1RFRBABEhgKFFJFQVNPTl9TRVNTSU9OX0VOREVEEAISGAoUUkVBU09OX0VOR0lORV9GQUlMRUQQAyJ2ChlUcmFuc2NyaXB0aW9uRW5naW5lRmFpbGVkEg4KBmVuZ2luZRgBIAEoCRIQCgh0cmFja19pZBgCIAEoCRIWCg5wYXJ0aWNpcGFudF9pZBgDIAEoCRIOCgZyZWFzb24YBCABKAkSDwoHbWVzc2FnZRgFIAEoCSKKAgoOQ2FwdGlvblBhcnRpYWwSFAoMdXR0ZXJhbmNlX2lkGAEgASgJEhYKDnBhcnRpY2lwYW50X2lkGAIgASgJEhAKCGlkZW50aXR5GAMgASgJEhQKDGRpc3BsYXlfbmFtZRgEIAEoCRIQCgh0cmFja19pZBgFIAEoCRIMCgR0ZXh0GAYgASgJEi4KCnN0YXJ0X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpjb25maWRlbmNlGAkgASgCEhAKCGxhbmd1YWdlGAogASgJIogCCgxDYXB0aW9uRmluYWwSFAoMdXR0ZXJhbmNlX2lkGAEgASgJEhYKDnBhcnRpY2lwYW50X2lkGAIgASgJEhAKCGlkZW50aXR5GAMgASgJEhQKDGRpc3BsYXlfbmFtZRgEIAEoCRIQCgh0cmFja19pZBgFIAEoCRIMCgR0ZXh0GAYgASgJEi4KCnN0YXJ0X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpjb25maWRlbmNlGAkgASgCEhAKCGxhbmd1YWdlGAogASgJKm8KDk1lZGlhRGlyZWN0aW9uEh8KG01FRElBX0RJUkVDVElPTl9VTlNQRUNJRklFRBAAEhwKGE1FRElBX0RJUkVDVElPTl9VUFNUUkVBTRABEh4KGk1FRElBX0RJUkVDVElPTl9ET1dOU1RSRUFNEAJiBnByb3RvMw", [file_classwire_api_common_v1_common, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
- * Events owned by the media area.
+ * Events owned by the media area: tracks and subscriptions, recordings and consent, talk time,
+ * quality samples, transcription and live captions. They are written to the session's log
+ * (Event.session_id is the room the media belongs to) and delivered through WatchSession,
+ * WatchEvents, webhooks and, filtered to what each participant may see, the participant connection.
  *
  * @generated from message classwire.api.events.v1.MediaEvent
  */
 export type MediaEvent = Message<"classwire.api.events.v1.MediaEvent"> & {
+  /**
+   * What happened. The Event envelope's `type` is the fully-qualified name of the message set here.
+   *
+   * @generated from oneof classwire.api.events.v1.MediaEvent.payload
+   */
+  payload: {
+    /**
+     * A participant published a track.
+     *
+     * @generated from field: classwire.api.events.v1.TrackPublished track_published = 1;
+     */
+    value: TrackPublished;
+    case: "trackPublished";
+  } | {
+    /**
+     * A track stopped being published.
+     *
+     * @generated from field: classwire.api.events.v1.TrackUnpublished track_unpublished = 2;
+     */
+    value: TrackUnpublished;
+    case: "trackUnpublished";
+  } | {
+    /**
+     * A track was muted (by its publisher or a moderator).
+     *
+     * @generated from field: classwire.api.events.v1.TrackMuted track_muted = 3;
+     */
+    value: TrackMuted;
+    case: "trackMuted";
+  } | {
+    /**
+     * A track was unmuted by its publisher.
+     *
+     * @generated from field: classwire.api.events.v1.TrackUnmuted track_unmuted = 4;
+     */
+    value: TrackUnmuted;
+    case: "trackUnmuted";
+  } | {
+    /**
+     * A participant subscribed to a track.
+     *
+     * @generated from field: classwire.api.events.v1.TrackSubscribed track_subscribed = 5;
+     */
+    value: TrackSubscribed;
+    case: "trackSubscribed";
+  } | {
+    /**
+     * A participant's subscription to a track ended.
+     *
+     * @generated from field: classwire.api.events.v1.TrackUnsubscribed track_unsubscribed = 6;
+     */
+    value: TrackUnsubscribed;
+    case: "trackUnsubscribed";
+  } | {
+    /**
+     * A recording started.
+     *
+     * @generated from field: classwire.api.events.v1.RecordingStarted recording_started = 10;
+     */
+    value: RecordingStarted;
+    case: "recordingStarted";
+  } | {
+    /**
+     * A recording stopped; its files are being finalized.
+     *
+     * @generated from field: classwire.api.events.v1.RecordingStopped recording_stopped = 11;
+     */
+    value: RecordingStopped;
+    case: "recordingStopped";
+  } | {
+    /**
+     * A recording's files are finalized and downloadable.
+     *
+     * @generated from field: classwire.api.events.v1.RecordingReady recording_ready = 12;
+     */
+    value: RecordingReady;
+    case: "recordingReady";
+  } | {
+    /**
+     * A recording failed.
+     *
+     * @generated from field: classwire.api.events.v1.RecordingFailed recording_failed = 13;
+     */
+    value: RecordingFailed;
+    case: "recordingFailed";
+  } | {
+    /**
+     * Participants were asked for (or told about) recording consent.
+     *
+     * @generated from field: classwire.api.events.v1.RecordingConsentRequested recording_consent_requested = 14;
+     */
+    value: RecordingConsentRequested;
+    case: "recordingConsentRequested";
+  } | {
+    /**
+     * A participant consented to being recorded.
+     *
+     * @generated from field: classwire.api.events.v1.RecordingConsentGranted recording_consent_granted = 15;
+     */
+    value: RecordingConsentGranted;
+    case: "recordingConsentGranted";
+  } | {
+    /**
+     * A participant declined to be recorded.
+     *
+     * @generated from field: classwire.api.events.v1.RecordingConsentDeclined recording_consent_declined = 16;
+     */
+    value: RecordingConsentDeclined;
+    case: "recordingConsentDeclined";
+  } | {
+    /**
+     * The set of currently speaking participants changed.
+     *
+     * @generated from field: classwire.api.events.v1.ActiveSpeakersChanged active_speakers_changed = 20;
+     */
+    value: ActiveSpeakersChanged;
+    case: "activeSpeakersChanged";
+  } | {
+    /**
+     * A participant finished one speaking interval (talk time).
+     *
+     * @generated from field: classwire.api.events.v1.SpeakingIntervalRecorded speaking_interval_recorded = 21;
+     */
+    value: SpeakingIntervalRecorded;
+    case: "speakingIntervalRecorded";
+  } | {
+    /**
+     * A periodic quality sample of a participant's connection.
+     *
+     * @generated from field: classwire.api.events.v1.QualitySampleRecorded quality_sample_recorded = 22;
+     */
+    value: QualitySampleRecorded;
+    case: "qualitySampleRecorded";
+  } | {
+    /**
+     * Transcription started for the session.
+     *
+     * @generated from field: classwire.api.events.v1.TranscriptionStarted transcription_started = 30;
+     */
+    value: TranscriptionStarted;
+    case: "transcriptionStarted";
+  } | {
+    /**
+     * Transcription stopped for the session.
+     *
+     * @generated from field: classwire.api.events.v1.TranscriptionStopped transcription_stopped = 31;
+     */
+    value: TranscriptionStopped;
+    case: "transcriptionStopped";
+  } | {
+    /**
+     * The transcription engine failed on one track; captions stop for that track only.
+     *
+     * @generated from field: classwire.api.events.v1.TranscriptionEngineFailed transcription_engine_failed = 32;
+     */
+    value: TranscriptionEngineFailed;
+    case: "transcriptionEngineFailed";
+  } | {
+    /**
+     * An interim caption of an utterance in progress.
+     *
+     * @generated from field: classwire.api.events.v1.CaptionPartial caption_partial = 33;
+     */
+    value: CaptionPartial;
+    case: "captionPartial";
+  } | {
+    /**
+     * The final caption of an utterance.
+     *
+     * @generated from field: classwire.api.events.v1.CaptionFinal caption_final = 34;
+     */
+    value: CaptionFinal;
+    case: "captionFinal";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -26,4 +207,1125 @@ export type MediaEvent = Message<"classwire.api.events.v1.MediaEvent"> & {
  */
 export const MediaEventSchema: GenMessage<MediaEvent> = /*@__PURE__*/
   messageDesc(file_classwire_api_events_v1_media_events, 0);
+
+/**
+ * A participant published a track.
+ *
+ * @generated from message classwire.api.events.v1.TrackPublished
+ */
+export type TrackPublished = Message<"classwire.api.events.v1.TrackPublished"> & {
+  /**
+   * Id of the track.
+   *
+   * @generated from field: string track_id = 1;
+   */
+  trackId: string;
+
+  /**
+   * The publishing participant.
+   *
+   * @generated from field: string participant_id = 2;
+   */
+  participantId: string;
+
+  /**
+   * The publisher's identity.
+   *
+   * @generated from field: string identity = 3;
+   */
+  identity: string;
+
+  /**
+   * What the track carries.
+   *
+   * @generated from field: classwire.api.common.v1.TrackSource source = 4;
+   */
+  source: TrackSource;
+
+  /**
+   * The negotiated codec as a media type, for example `audio/opus` or `video/VP8`.
+   *
+   * @generated from field: string mime_type = 5;
+   */
+  mimeType: string;
+
+  /**
+   * True when the track was published muted.
+   *
+   * @generated from field: bool muted = 6;
+   */
+  muted: boolean;
+
+  /**
+   * Video width in pixels; 0 for audio.
+   *
+   * @generated from field: uint32 width = 7;
+   */
+  width: number;
+
+  /**
+   * Video height in pixels; 0 for audio.
+   *
+   * @generated from field: uint32 height = 8;
+   */
+  height: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.TrackPublished.
+ * Use `create(TrackPublishedSchema)` to create a new message.
+ */
+export const TrackPublishedSchema: GenMessage<TrackPublished> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 1);
+
+/**
+ * A track stopped being published. Its subscriptions end with it.
+ *
+ * @generated from message classwire.api.events.v1.TrackUnpublished
+ */
+export type TrackUnpublished = Message<"classwire.api.events.v1.TrackUnpublished"> & {
+  /**
+   * Id of the track.
+   *
+   * @generated from field: string track_id = 1;
+   */
+  trackId: string;
+
+  /**
+   * The publishing participant.
+   *
+   * @generated from field: string participant_id = 2;
+   */
+  participantId: string;
+
+  /**
+   * What the track carried.
+   *
+   * @generated from field: classwire.api.common.v1.TrackSource source = 3;
+   */
+  source: TrackSource;
+
+  /**
+   * Why it ended.
+   *
+   * @generated from field: classwire.api.events.v1.TrackUnpublished.Reason reason = 4;
+   */
+  reason: TrackUnpublished_Reason;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.TrackUnpublished.
+ * Use `create(TrackUnpublishedSchema)` to create a new message.
+ */
+export const TrackUnpublishedSchema: GenMessage<TrackUnpublished> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 2);
+
+/**
+ * Why the track ended.
+ *
+ * @generated from enum classwire.api.events.v1.TrackUnpublished.Reason
+ */
+export enum TrackUnpublished_Reason {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The publisher unpublished it.
+   *
+   * @generated from enum value: REASON_UNPUBLISHED = 1;
+   */
+  UNPUBLISHED = 1,
+
+  /**
+   * The publisher left the room (any leave reason).
+   *
+   * @generated from enum value: REASON_PARTICIPANT_LEFT = 2;
+   */
+  PARTICIPANT_LEFT = 2,
+
+  /**
+   * The publisher's media connection failed or stopped sending.
+   *
+   * @generated from enum value: REASON_MEDIA_LOST = 3;
+   */
+  MEDIA_LOST = 3,
+
+  /**
+   * The publisher lost the permission to publish this kind of track.
+   *
+   * @generated from enum value: REASON_PERMISSION_REVOKED = 4;
+   */
+  PERMISSION_REVOKED = 4,
+}
+
+/**
+ * Describes the enum classwire.api.events.v1.TrackUnpublished.Reason.
+ */
+export const TrackUnpublished_ReasonSchema: GenEnum<TrackUnpublished_Reason> = /*@__PURE__*/
+  enumDesc(file_classwire_api_events_v1_media_events, 2, 0);
+
+/**
+ * A track was muted. The event's actor tells whether the publisher or a moderator muted it; a
+ * track muted by a moderator can only be unmuted by its publisher.
+ *
+ * @generated from message classwire.api.events.v1.TrackMuted
+ */
+export type TrackMuted = Message<"classwire.api.events.v1.TrackMuted"> & {
+  /**
+   * Id of the track.
+   *
+   * @generated from field: string track_id = 1;
+   */
+  trackId: string;
+
+  /**
+   * The publishing participant.
+   *
+   * @generated from field: string participant_id = 2;
+   */
+  participantId: string;
+
+  /**
+   * What the track carries.
+   *
+   * @generated from field: classwire.api.common.v1.TrackSource source = 3;
+   */
+  source: TrackSource;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.TrackMuted.
+ * Use `create(TrackMutedSchema)` to create a new message.
+ */
+export const TrackMutedSchema: GenMessage<TrackMuted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 3);
+
+/**
+ * A track was unmuted by its publisher.
+ *
+ * @generated from message classwire.api.events.v1.TrackUnmuted
+ */
+export type TrackUnmuted = Message<"classwire.api.events.v1.TrackUnmuted"> & {
+  /**
+   * Id of the track.
+   *
+   * @generated from field: string track_id = 1;
+   */
+  trackId: string;
+
+  /**
+   * The publishing participant.
+   *
+   * @generated from field: string participant_id = 2;
+   */
+  participantId: string;
+
+  /**
+   * What the track carries.
+   *
+   * @generated from field: classwire.api.common.v1.TrackSource source = 3;
+   */
+  source: TrackSource;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.TrackUnmuted.
+ * Use `create(TrackUnmutedSchema)` to create a new message.
+ */
+export const TrackUnmutedSchema: GenMessage<TrackUnmuted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 4);
+
+/**
+ * A participant subscribed to a track (automatically or selectively).
+ *
+ * @generated from message classwire.api.events.v1.TrackSubscribed
+ */
+export type TrackSubscribed = Message<"classwire.api.events.v1.TrackSubscribed"> & {
+  /**
+   * Id of the track.
+   *
+   * @generated from field: string track_id = 1;
+   */
+  trackId: string;
+
+  /**
+   * The subscribing participant.
+   *
+   * @generated from field: string subscriber_participant_id = 2;
+   */
+  subscriberParticipantId: string;
+
+  /**
+   * The publishing participant.
+   *
+   * @generated from field: string publisher_participant_id = 3;
+   */
+  publisherParticipantId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.TrackSubscribed.
+ * Use `create(TrackSubscribedSchema)` to create a new message.
+ */
+export const TrackSubscribedSchema: GenMessage<TrackSubscribed> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 5);
+
+/**
+ * A participant's subscription to a track ended (unsubscribed, track unpublished, or left).
+ *
+ * @generated from message classwire.api.events.v1.TrackUnsubscribed
+ */
+export type TrackUnsubscribed = Message<"classwire.api.events.v1.TrackUnsubscribed"> & {
+  /**
+   * Id of the track.
+   *
+   * @generated from field: string track_id = 1;
+   */
+  trackId: string;
+
+  /**
+   * The subscribing participant.
+   *
+   * @generated from field: string subscriber_participant_id = 2;
+   */
+  subscriberParticipantId: string;
+
+  /**
+   * The publishing participant.
+   *
+   * @generated from field: string publisher_participant_id = 3;
+   */
+  publisherParticipantId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.TrackUnsubscribed.
+ * Use `create(TrackUnsubscribedSchema)` to create a new message.
+ */
+export const TrackUnsubscribedSchema: GenMessage<TrackUnsubscribed> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 6);
+
+/**
+ * A recording started.
+ *
+ * @generated from message classwire.api.events.v1.RecordingStarted
+ */
+export type RecordingStarted = Message<"classwire.api.events.v1.RecordingStarted"> & {
+  /**
+   * Id of the recording.
+   *
+   * @generated from field: string recording_id = 1;
+   */
+  recordingId: string;
+
+  /**
+   * True when it was started by the session's settings rather than a request.
+   *
+   * @generated from field: bool auto_started = 2;
+   */
+  autoStarted: boolean;
+
+  /**
+   * True when participants must consent before their media is recorded.
+   *
+   * @generated from field: bool consent_required = 3;
+   */
+  consentRequired: boolean;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RecordingStarted.
+ * Use `create(RecordingStartedSchema)` to create a new message.
+ */
+export const RecordingStartedSchema: GenMessage<RecordingStarted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 7);
+
+/**
+ * A recording stopped; its files are being finalized.
+ *
+ * @generated from message classwire.api.events.v1.RecordingStopped
+ */
+export type RecordingStopped = Message<"classwire.api.events.v1.RecordingStopped"> & {
+  /**
+   * Id of the recording.
+   *
+   * @generated from field: string recording_id = 1;
+   */
+  recordingId: string;
+
+  /**
+   * Why it stopped.
+   *
+   * @generated from field: classwire.api.events.v1.RecordingStopped.Reason reason = 2;
+   */
+  reason: RecordingStopped_Reason;
+
+  /**
+   * How long it recorded.
+   *
+   * @generated from field: google.protobuf.Duration duration = 3;
+   */
+  duration?: Duration | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RecordingStopped.
+ * Use `create(RecordingStoppedSchema)` to create a new message.
+ */
+export const RecordingStoppedSchema: GenMessage<RecordingStopped> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 8);
+
+/**
+ * Why the recording stopped.
+ *
+ * @generated from enum classwire.api.events.v1.RecordingStopped.Reason
+ */
+export enum RecordingStopped_Reason {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * StopRecording was called.
+   *
+   * @generated from enum value: REASON_REQUESTED = 1;
+   */
+  REQUESTED = 1,
+
+  /**
+   * The session ended.
+   *
+   * @generated from enum value: REASON_SESSION_ENDED = 2;
+   */
+  SESSION_ENDED = 2,
+
+  /**
+   * The recording reached the tenant's maximum recording length.
+   *
+   * @generated from enum value: REASON_LIMIT_REACHED = 3;
+   */
+  LIMIT_REACHED = 3,
+}
+
+/**
+ * Describes the enum classwire.api.events.v1.RecordingStopped.Reason.
+ */
+export const RecordingStopped_ReasonSchema: GenEnum<RecordingStopped_Reason> = /*@__PURE__*/
+  enumDesc(file_classwire_api_events_v1_media_events, 8, 0);
+
+/**
+ * A recording's files are finalized, stored and downloadable.
+ *
+ * @generated from message classwire.api.events.v1.RecordingReady
+ */
+export type RecordingReady = Message<"classwire.api.events.v1.RecordingReady"> & {
+  /**
+   * Id of the recording.
+   *
+   * @generated from field: string recording_id = 1;
+   */
+  recordingId: string;
+
+  /**
+   * Length of the recording.
+   *
+   * @generated from field: google.protobuf.Duration duration = 2;
+   */
+  duration?: Duration | undefined;
+
+  /**
+   * Number of files (per-participant files and the mixed-audio file).
+   *
+   * @generated from field: uint32 file_count = 3;
+   */
+  fileCount: number;
+
+  /**
+   * Total size of the files in bytes.
+   *
+   * @generated from field: uint64 total_size_bytes = 4;
+   */
+  totalSizeBytes: bigint;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RecordingReady.
+ * Use `create(RecordingReadySchema)` to create a new message.
+ */
+export const RecordingReadySchema: GenMessage<RecordingReady> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 9);
+
+/**
+ * A recording failed. Files finalized before the failure stay downloadable.
+ *
+ * @generated from message classwire.api.events.v1.RecordingFailed
+ */
+export type RecordingFailed = Message<"classwire.api.events.v1.RecordingFailed"> & {
+  /**
+   * Id of the recording.
+   *
+   * @generated from field: string recording_id = 1;
+   */
+  recordingId: string;
+
+  /**
+   * Machine-readable cause in UPPER_SNAKE_CASE, for example `STORAGE_UNAVAILABLE`.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * Human-readable detail.
+   *
+   * @generated from field: string message = 3;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RecordingFailed.
+ * Use `create(RecordingFailedSchema)` to create a new message.
+ */
+export const RecordingFailedSchema: GenMessage<RecordingFailed> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 10);
+
+/**
+ * Participants were told that recording started and, when consent is required, asked to consent.
+ *
+ * @generated from message classwire.api.events.v1.RecordingConsentRequested
+ */
+export type RecordingConsentRequested = Message<"classwire.api.events.v1.RecordingConsentRequested"> & {
+  /**
+   * Id of the recording.
+   *
+   * @generated from field: string recording_id = 1;
+   */
+  recordingId: string;
+
+  /**
+   * True when a participant's media is recorded only after it consents; false when participants
+   * are only informed.
+   *
+   * @generated from field: bool consent_required = 2;
+   */
+  consentRequired: boolean;
+
+  /**
+   * The participants asked; empty means everyone in the room.
+   *
+   * @generated from field: repeated string participant_ids = 3;
+   */
+  participantIds: string[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RecordingConsentRequested.
+ * Use `create(RecordingConsentRequestedSchema)` to create a new message.
+ */
+export const RecordingConsentRequestedSchema: GenMessage<RecordingConsentRequested> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 11);
+
+/**
+ * A participant consented to being recorded.
+ *
+ * @generated from message classwire.api.events.v1.RecordingConsentGranted
+ */
+export type RecordingConsentGranted = Message<"classwire.api.events.v1.RecordingConsentGranted"> & {
+  /**
+   * Id of the recording.
+   *
+   * @generated from field: string recording_id = 1;
+   */
+  recordingId: string;
+
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 2;
+   */
+  participantId: string;
+
+  /**
+   * The participant's identity.
+   *
+   * @generated from field: string identity = 3;
+   */
+  identity: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RecordingConsentGranted.
+ * Use `create(RecordingConsentGrantedSchema)` to create a new message.
+ */
+export const RecordingConsentGrantedSchema: GenMessage<RecordingConsentGranted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 12);
+
+/**
+ * A participant declined to be recorded; its media is left out of the recording.
+ *
+ * @generated from message classwire.api.events.v1.RecordingConsentDeclined
+ */
+export type RecordingConsentDeclined = Message<"classwire.api.events.v1.RecordingConsentDeclined"> & {
+  /**
+   * Id of the recording.
+   *
+   * @generated from field: string recording_id = 1;
+   */
+  recordingId: string;
+
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 2;
+   */
+  participantId: string;
+
+  /**
+   * The participant's identity.
+   *
+   * @generated from field: string identity = 3;
+   */
+  identity: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RecordingConsentDeclined.
+ * Use `create(RecordingConsentDeclinedSchema)` to create a new message.
+ */
+export const RecordingConsentDeclinedSchema: GenMessage<RecordingConsentDeclined> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 13);
+
+/**
+ * The set of currently speaking participants changed.
+ *
+ * @generated from message classwire.api.events.v1.ActiveSpeakersChanged
+ */
+export type ActiveSpeakersChanged = Message<"classwire.api.events.v1.ActiveSpeakersChanged"> & {
+  /**
+   * The speakers, loudest first; empty when no one speaks.
+   *
+   * @generated from field: repeated classwire.api.events.v1.ActiveSpeakersChanged.Speaker speakers = 1;
+   */
+  speakers: ActiveSpeakersChanged_Speaker[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ActiveSpeakersChanged.
+ * Use `create(ActiveSpeakersChangedSchema)` to create a new message.
+ */
+export const ActiveSpeakersChangedSchema: GenMessage<ActiveSpeakersChanged> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 14);
+
+/**
+ * One speaking participant.
+ *
+ * @generated from message classwire.api.events.v1.ActiveSpeakersChanged.Speaker
+ */
+export type ActiveSpeakersChanged_Speaker = Message<"classwire.api.events.v1.ActiveSpeakersChanged.Speaker"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * Audio level from 0.0 (silence) to 1.0 (loudest).
+   *
+   * @generated from field: float level = 2;
+   */
+  level: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ActiveSpeakersChanged.Speaker.
+ * Use `create(ActiveSpeakersChanged_SpeakerSchema)` to create a new message.
+ */
+export const ActiveSpeakersChanged_SpeakerSchema: GenMessage<ActiveSpeakersChanged_Speaker> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 14, 0);
+
+/**
+ * A participant finished one speaking interval. Talk time is the sum of these intervals.
+ *
+ * @generated from message classwire.api.events.v1.SpeakingIntervalRecorded
+ */
+export type SpeakingIntervalRecorded = Message<"classwire.api.events.v1.SpeakingIntervalRecorded"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The participant's identity.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * The audio track the speech was detected on.
+   *
+   * @generated from field: string track_id = 3;
+   */
+  trackId: string;
+
+  /**
+   * When speech started.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 4;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * When speech ended.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 5;
+   */
+  endTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SpeakingIntervalRecorded.
+ * Use `create(SpeakingIntervalRecordedSchema)` to create a new message.
+ */
+export const SpeakingIntervalRecordedSchema: GenMessage<SpeakingIntervalRecorded> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 15);
+
+/**
+ * A periodic quality sample of one direction of a participant's media connection, from RTCP
+ * statistics.
+ *
+ * @generated from message classwire.api.events.v1.QualitySampleRecorded
+ */
+export type QualitySampleRecorded = Message<"classwire.api.events.v1.QualitySampleRecorded"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * Which direction the sample measures.
+   *
+   * @generated from field: classwire.api.events.v1.MediaDirection direction = 2;
+   */
+  direction: MediaDirection;
+
+  /**
+   * The track measured, or empty for the whole connection in that direction.
+   *
+   * @generated from field: string track_id = 3;
+   */
+  trackId: string;
+
+  /**
+   * End of the sampling period.
+   *
+   * @generated from field: google.protobuf.Timestamp sample_time = 4;
+   */
+  sampleTime?: Timestamp | undefined;
+
+  /**
+   * Length of the sampling period.
+   *
+   * @generated from field: google.protobuf.Duration period = 5;
+   */
+  period?: Duration | undefined;
+
+  /**
+   * Fraction of packets lost during the period, from 0.0 to 1.0.
+   *
+   * @generated from field: double packet_loss_ratio = 6;
+   */
+  packetLossRatio: number;
+
+  /**
+   * Interarrival jitter.
+   *
+   * @generated from field: google.protobuf.Duration jitter = 7;
+   */
+  jitter?: Duration | undefined;
+
+  /**
+   * Round-trip time.
+   *
+   * @generated from field: google.protobuf.Duration round_trip_time = 8;
+   */
+  roundTripTime?: Duration | undefined;
+
+  /**
+   * Average bitrate over the period, in bits per second.
+   *
+   * @generated from field: uint64 bitrate_bps = 9;
+   */
+  bitrateBps: bigint;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.QualitySampleRecorded.
+ * Use `create(QualitySampleRecordedSchema)` to create a new message.
+ */
+export const QualitySampleRecordedSchema: GenMessage<QualitySampleRecorded> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 16);
+
+/**
+ * Transcription started for the session; one recognizer runs per published audio track.
+ *
+ * @generated from message classwire.api.events.v1.TranscriptionStarted
+ */
+export type TranscriptionStarted = Message<"classwire.api.events.v1.TranscriptionStarted"> & {
+  /**
+   * The engine (transcription provider name), for example `pocketsphinx`.
+   *
+   * @generated from field: string engine = 1;
+   */
+  engine: string;
+
+  /**
+   * The language, as a BCP 47 tag such as `en-US`.
+   *
+   * @generated from field: string language = 2;
+   */
+  language: string;
+
+  /**
+   * True when it was started by the session's settings rather than a request.
+   *
+   * @generated from field: bool auto_started = 3;
+   */
+  autoStarted: boolean;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.TranscriptionStarted.
+ * Use `create(TranscriptionStartedSchema)` to create a new message.
+ */
+export const TranscriptionStartedSchema: GenMessage<TranscriptionStarted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 17);
+
+/**
+ * Transcription stopped for the session.
+ *
+ * @generated from message classwire.api.events.v1.TranscriptionStopped
+ */
+export type TranscriptionStopped = Message<"classwire.api.events.v1.TranscriptionStopped"> & {
+  /**
+   * Why it stopped.
+   *
+   * @generated from field: classwire.api.events.v1.TranscriptionStopped.Reason reason = 1;
+   */
+  reason: TranscriptionStopped_Reason;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.TranscriptionStopped.
+ * Use `create(TranscriptionStoppedSchema)` to create a new message.
+ */
+export const TranscriptionStoppedSchema: GenMessage<TranscriptionStopped> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 18);
+
+/**
+ * Why transcription stopped.
+ *
+ * @generated from enum classwire.api.events.v1.TranscriptionStopped.Reason
+ */
+export enum TranscriptionStopped_Reason {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * StopTranscription was called.
+   *
+   * @generated from enum value: REASON_REQUESTED = 1;
+   */
+  REQUESTED = 1,
+
+  /**
+   * The session ended.
+   *
+   * @generated from enum value: REASON_SESSION_ENDED = 2;
+   */
+  SESSION_ENDED = 2,
+
+  /**
+   * The engine failed on every track.
+   *
+   * @generated from enum value: REASON_ENGINE_FAILED = 3;
+   */
+  ENGINE_FAILED = 3,
+}
+
+/**
+ * Describes the enum classwire.api.events.v1.TranscriptionStopped.Reason.
+ */
+export const TranscriptionStopped_ReasonSchema: GenEnum<TranscriptionStopped_Reason> = /*@__PURE__*/
+  enumDesc(file_classwire_api_events_v1_media_events, 18, 0);
+
+/**
+ * The engine failed on one track. Captions stop for that track only; the session goes on.
+ *
+ * @generated from message classwire.api.events.v1.TranscriptionEngineFailed
+ */
+export type TranscriptionEngineFailed = Message<"classwire.api.events.v1.TranscriptionEngineFailed"> & {
+  /**
+   * The engine.
+   *
+   * @generated from field: string engine = 1;
+   */
+  engine: string;
+
+  /**
+   * The track whose recognizer failed.
+   *
+   * @generated from field: string track_id = 2;
+   */
+  trackId: string;
+
+  /**
+   * The participant publishing the track.
+   *
+   * @generated from field: string participant_id = 3;
+   */
+  participantId: string;
+
+  /**
+   * Machine-readable cause in UPPER_SNAKE_CASE, for example `ENGINE_MODEL_MISSING`.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * Human-readable detail.
+   *
+   * @generated from field: string message = 5;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.TranscriptionEngineFailed.
+ * Use `create(TranscriptionEngineFailedSchema)` to create a new message.
+ */
+export const TranscriptionEngineFailedSchema: GenMessage<TranscriptionEngineFailed> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 19);
+
+/**
+ * An interim caption: the recognizer's current guess for an utterance in progress. Later
+ * partials and the final caption with the same `utterance_id` replace it.
+ *
+ * @generated from message classwire.api.events.v1.CaptionPartial
+ */
+export type CaptionPartial = Message<"classwire.api.events.v1.CaptionPartial"> & {
+  /**
+   * Id of the utterance, shared by its partials and its final caption.
+   *
+   * @generated from field: string utterance_id = 1;
+   */
+  utteranceId: string;
+
+  /**
+   * The speaking participant (the publisher of the track).
+   *
+   * @generated from field: string participant_id = 2;
+   */
+  participantId: string;
+
+  /**
+   * The speaker's identity.
+   *
+   * @generated from field: string identity = 3;
+   */
+  identity: string;
+
+  /**
+   * The speaker's display name.
+   *
+   * @generated from field: string display_name = 4;
+   */
+  displayName: string;
+
+  /**
+   * The audio track transcribed.
+   *
+   * @generated from field: string track_id = 5;
+   */
+  trackId: string;
+
+  /**
+   * The text recognized so far.
+   *
+   * @generated from field: string text = 6;
+   */
+  text: string;
+
+  /**
+   * When the utterance started.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 7;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * The end of the audio recognized so far.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 8;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * The engine's confidence from 0.0 to 1.0, if it reports one.
+   *
+   * @generated from field: float confidence = 9;
+   */
+  confidence: number;
+
+  /**
+   * The language, as a BCP 47 tag.
+   *
+   * @generated from field: string language = 10;
+   */
+  language: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.CaptionPartial.
+ * Use `create(CaptionPartialSchema)` to create a new message.
+ */
+export const CaptionPartialSchema: GenMessage<CaptionPartial> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 20);
+
+/**
+ * The final caption of an utterance; stored as a transcript segment.
+ *
+ * @generated from message classwire.api.events.v1.CaptionFinal
+ */
+export type CaptionFinal = Message<"classwire.api.events.v1.CaptionFinal"> & {
+  /**
+   * Id of the utterance, shared with its partials.
+   *
+   * @generated from field: string utterance_id = 1;
+   */
+  utteranceId: string;
+
+  /**
+   * The speaking participant (the publisher of the track).
+   *
+   * @generated from field: string participant_id = 2;
+   */
+  participantId: string;
+
+  /**
+   * The speaker's identity.
+   *
+   * @generated from field: string identity = 3;
+   */
+  identity: string;
+
+  /**
+   * The speaker's display name.
+   *
+   * @generated from field: string display_name = 4;
+   */
+  displayName: string;
+
+  /**
+   * The audio track transcribed.
+   *
+   * @generated from field: string track_id = 5;
+   */
+  trackId: string;
+
+  /**
+   * The recognized text.
+   *
+   * @generated from field: string text = 6;
+   */
+  text: string;
+
+  /**
+   * When the utterance started.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 7;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * When the utterance ended.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 8;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * The engine's confidence from 0.0 to 1.0, if it reports one.
+   *
+   * @generated from field: float confidence = 9;
+   */
+  confidence: number;
+
+  /**
+   * The language, as a BCP 47 tag.
+   *
+   * @generated from field: string language = 10;
+   */
+  language: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.CaptionFinal.
+ * Use `create(CaptionFinalSchema)` to create a new message.
+ */
+export const CaptionFinalSchema: GenMessage<CaptionFinal> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_media_events, 21);
+
+/**
+ * The direction of media relative to the participant. Shared by the `QualitySampleRecorded`
+ * event and the media area's quality sample resource.
+ *
+ * @generated from enum classwire.api.events.v1.MediaDirection
+ */
+export enum MediaDirection {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: MEDIA_DIRECTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * From the participant to the server: what it publishes.
+   *
+   * @generated from enum value: MEDIA_DIRECTION_UPSTREAM = 1;
+   */
+  UPSTREAM = 1,
+
+  /**
+   * From the server to the participant: what it subscribes to.
+   *
+   * @generated from enum value: MEDIA_DIRECTION_DOWNSTREAM = 2;
+   */
+  DOWNSTREAM = 2,
+}
+
+/**
+ * Describes the enum classwire.api.events.v1.MediaDirection.
+ */
+export const MediaDirectionSchema: GenEnum<MediaDirection> = /*@__PURE__*/
+  enumDesc(file_classwire_api_events_v1_media_events, 0);
 

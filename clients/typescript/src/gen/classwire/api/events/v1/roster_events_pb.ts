@@ -4,20 +4,168 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file classwire/api/events/v1/roster_events.proto.
  */
 export const file_classwire_api_events_v1_roster_events: GenFile = /*@__PURE__*/
-  fileDesc("CitjbGFzc3dpcmUvYXBpL2V2ZW50cy92MS9yb3N0ZXJfZXZlbnRzLnByb3RvEhdjbGFzc3dpcmUuYXBpLmV2ZW50cy52MSITCgtSb3N0ZXJFdmVudEoECAEQAmIGcHJvdG8z");
+  fileDesc("CitjbGFzc3dpcmUvYXBpL2V2ZW50cy92MS9yb3N0ZXJfZXZlbnRzLnByb3RvEhdjbGFzc3dpcmUuYXBpLmV2ZW50cy52MSLACQoLUm9zdGVyRXZlbnQSQAoOcGVyc29uX2NyZWF0ZWQYASABKAsyJi5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5QZXJzb25DcmVhdGVkSAASQAoOcGVyc29uX3VwZGF0ZWQYAiABKAsyJi5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5QZXJzb25VcGRhdGVkSAASQAoOcGVyc29uX2RlbGV0ZWQYAyABKAsyJi5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5QZXJzb25EZWxldGVkSAASQgoPZ3VhcmRpYW5fbGlua2VkGAQgASgLMicuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuR3VhcmRpYW5MaW5rZWRIABJGChFndWFyZGlhbl91bmxpbmtlZBgFIAEoCzIpLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkd1YXJkaWFuVW5saW5rZWRIABJACg5jb3Vyc2VfY3JlYXRlZBgGIAEoCzImLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkNvdXJzZUNyZWF0ZWRIABJACg5jb3Vyc2VfdXBkYXRlZBgHIAEoCzImLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkNvdXJzZVVwZGF0ZWRIABI+Cg1jbGFzc19jcmVhdGVkGAggASgLMiUuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuQ2xhc3NDcmVhdGVkSAASPgoNY2xhc3NfdXBkYXRlZBgJIAEoCzIlLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkNsYXNzVXBkYXRlZEgAEkgKEmVucm9sbG1lbnRfY3JlYXRlZBgKIAEoCzIqLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkVucm9sbG1lbnRDcmVhdGVkSAASRAoQZW5yb2xsbWVudF9lbmRlZBgLIAEoCzIoLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkVucm9sbG1lbnRFbmRlZEgAElEKF3Jvc3Rlcl9pbXBvcnRfY29tcGxldGVkGAwgASgLMi4uY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUm9zdGVySW1wb3J0Q29tcGxldGVkSAASSwoUcm9zdGVyX2ltcG9ydF9mYWlsZWQYDSABKAsyKy5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5Sb3N0ZXJJbXBvcnRGYWlsZWRIABI6CgtvcmdfY3JlYXRlZBgOIAEoCzIjLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLk9yZ0NyZWF0ZWRIABI6CgtvcmdfdXBkYXRlZBgPIAEoCzIjLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLk9yZ1VwZGF0ZWRIABJTChhhY2FkZW1pY19zZXNzaW9uX2NyZWF0ZWQYECABKAsyLy5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5BY2FkZW1pY1Nlc3Npb25DcmVhdGVkSAASUwoYYWNhZGVtaWNfc2Vzc2lvbl91cGRhdGVkGBEgASgLMi8uY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuQWNhZGVtaWNTZXNzaW9uVXBkYXRlZEgAQgkKB3BheWxvYWQiYAoNUGVyc29uQ3JlYXRlZBIRCglwZXJzb25faWQYASABKAkSEwoLZXh0ZXJuYWxfaWQYAiABKAkSDQoFcm9sZXMYAyADKAkSGAoQcm9zdGVyX2ltcG9ydF9pZBgEIAEoCSJ4Cg1QZXJzb25VcGRhdGVkEhEKCXBlcnNvbl9pZBgBIAEoCRITCgtleHRlcm5hbF9pZBgCIAEoCRIWCg5jaGFuZ2VkX2ZpZWxkcxgDIAMoCRINCgVyb2xlcxgEIAMoCRIYChByb3N0ZXJfaW1wb3J0X2lkGAUgASgJIlgKDVBlcnNvbkRlbGV0ZWQSEQoJcGVyc29uX2lkGAEgASgJEhMKC2V4dGVybmFsX2lkGAIgASgJEh8KF2NhbmNlbGxlZF9ib29raW5nX2NvdW50GAMgASgFIoMBCg5HdWFyZGlhbkxpbmtlZBISCgpsZWFybmVyX2lkGAEgASgJEhMKC2d1YXJkaWFuX2lkGAIgASgJEhQKDHJlbGF0aW9uc2hpcBgDIAEoCRIYChByZWNlaXZlc19ub3RpY2VzGAQgASgIEhgKEHJvc3Rlcl9pbXBvcnRfaWQYBSABKAkiVQoQR3VhcmRpYW5VbmxpbmtlZBISCgpsZWFybmVyX2lkGAEgASgJEhMKC2d1YXJkaWFuX2lkGAIgASgJEhgKEHJvc3Rlcl9pbXBvcnRfaWQYAyABKAkiSwoKT3JnQ3JlYXRlZBIOCgZvcmdfaWQYASABKAkSEwoLZXh0ZXJuYWxfaWQYAiABKAkSGAoQcm9zdGVyX2ltcG9ydF9pZBgDIAEoCSJjCgpPcmdVcGRhdGVkEg4KBm9yZ19pZBgBIAEoCRITCgtleHRlcm5hbF9pZBgCIAEoCRIWCg5jaGFuZ2VkX2ZpZWxkcxgDIAMoCRIYChByb3N0ZXJfaW1wb3J0X2lkGAQgASgJImQKFkFjYWRlbWljU2Vzc2lvbkNyZWF0ZWQSGwoTYWNhZGVtaWNfc2Vzc2lvbl9pZBgBIAEoCRITCgtleHRlcm5hbF9pZBgCIAEoCRIYChByb3N0ZXJfaW1wb3J0X2lkGAMgASgJInwKFkFjYWRlbWljU2Vzc2lvblVwZGF0ZWQSGwoTYWNhZGVtaWNfc2Vzc2lvbl9pZBgBIAEoCRITCgtleHRlcm5hbF9pZBgCIAEoCRIWCg5jaGFuZ2VkX2ZpZWxkcxgDIAMoCRIYChByb3N0ZXJfaW1wb3J0X2lkGAQgASgJImEKDUNvdXJzZUNyZWF0ZWQSEQoJY291cnNlX2lkGAEgASgJEhMKC2V4dGVybmFsX2lkGAIgASgJEg4KBm9yZ19pZBgDIAEoCRIYChByb3N0ZXJfaW1wb3J0X2lkGAQgASgJImkKDUNvdXJzZVVwZGF0ZWQSEQoJY291cnNlX2lkGAEgASgJEhMKC2V4dGVybmFsX2lkGAIgASgJEhYKDmNoYW5nZWRfZmllbGRzGAMgAygJEhgKEHJvc3Rlcl9pbXBvcnRfaWQYBCABKAkicgoMQ2xhc3NDcmVhdGVkEhAKCGNsYXNzX2lkGAEgASgJEhMKC2V4dGVybmFsX2lkGAIgASgJEhEKCWNvdXJzZV9pZBgDIAEoCRIOCgZvcmdfaWQYBCABKAkSGAoQcm9zdGVyX2ltcG9ydF9pZBgFIAEoCSJnCgxDbGFzc1VwZGF0ZWQSEAoIY2xhc3NfaWQYASABKAkSEwoLZXh0ZXJuYWxfaWQYAiABKAkSFgoOY2hhbmdlZF9maWVsZHMYAyADKAkSGAoQcm9zdGVyX2ltcG9ydF9pZBgEIAEoCSLNAQoRRW5yb2xsbWVudENyZWF0ZWQSFQoNZW5yb2xsbWVudF9pZBgBIAEoCRITCgtleHRlcm5hbF9pZBgCIAEoCRIRCglwZXJzb25faWQYAyABKAkSEAoIY2xhc3NfaWQYBCABKAkSDAoEcm9sZRgFIAEoCRIPCgdwcmltYXJ5GAYgASgIEi4KCmJlZ2luX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEHJvc3Rlcl9pbXBvcnRfaWQYCCABKAkiswEKD0Vucm9sbG1lbnRFbmRlZBIVCg1lbnJvbGxtZW50X2lkGAEgASgJEhEKCXBlcnNvbl9pZBgCIAEoCRIQCghjbGFzc19pZBgDIAEoCRIMCgRyb2xlGAQgASgJEiwKCGVuZF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBiABKAkSGAoQcm9zdGVyX2ltcG9ydF9pZBgHIAEoCSJ8ChJSb3N0ZXJJbXBvcnRDb3VudHMSDgoGZW50aXR5GAEgASgJEgwKBHJvd3MYAiABKAUSDwoHY3JlYXRlZBgDIAEoBRIPCgd1cGRhdGVkGAQgASgFEhMKC2RlYWN0aXZhdGVkGAUgASgFEhEKCXVuY2hhbmdlZBgGIAEoBSKkAQoVUm9zdGVySW1wb3J0Q29tcGxldGVkEhgKEHJvc3Rlcl9pbXBvcnRfaWQYASABKAkSDwoHZHJ5X3J1bhgCIAEoCBIMCgRtb2RlGAMgASgJEjsKBmNvdW50cxgEIAMoCzIrLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlJvc3RlckltcG9ydENvdW50cxIVCg13YXJuaW5nX2NvdW50GAUgASgFIpQBChJSb3N0ZXJJbXBvcnRGYWlsZWQSGAoQcm9zdGVyX2ltcG9ydF9pZBgBIAEoCRIPCgdkcnlfcnVuGAIgASgIEgwKBG1vZGUYAyABKAkSEwoLZXJyb3JfY291bnQYBCABKAUSFQoNd2FybmluZ19jb3VudBgFIAEoBRIZChFmaWxlc193aXRoX2Vycm9ycxgGIAMoCWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
- * Events owned by the roster area.
+ * Events owned by the roster area (`classwire.api.roster.v1`). Payloads carry ids, external
+ * ids and the paths of changed fields, never personal data (names, addresses): the log is
+ * durable and replayable, and a person's data must be erasable. Read the current state with
+ * RosterService. Enum values are carried as the roster enum's value name (as in JSON), because
+ * this package does not import area packages.
  *
  * @generated from message classwire.api.events.v1.RosterEvent
  */
 export type RosterEvent = Message<"classwire.api.events.v1.RosterEvent"> & {
+  /**
+   * What happened.
+   *
+   * @generated from oneof classwire.api.events.v1.RosterEvent.payload
+   */
+  payload: {
+    /**
+     * A person was created.
+     *
+     * @generated from field: classwire.api.events.v1.PersonCreated person_created = 1;
+     */
+    value: PersonCreated;
+    case: "personCreated";
+  } | {
+    /**
+     * A person was changed.
+     *
+     * @generated from field: classwire.api.events.v1.PersonUpdated person_updated = 2;
+     */
+    value: PersonUpdated;
+    case: "personUpdated";
+  } | {
+    /**
+     * A person was deleted and their personal data erased.
+     *
+     * @generated from field: classwire.api.events.v1.PersonDeleted person_deleted = 3;
+     */
+    value: PersonDeleted;
+    case: "personDeleted";
+  } | {
+    /**
+     * A guardian was linked to a learner.
+     *
+     * @generated from field: classwire.api.events.v1.GuardianLinked guardian_linked = 4;
+     */
+    value: GuardianLinked;
+    case: "guardianLinked";
+  } | {
+    /**
+     * A guardian was unlinked from a learner.
+     *
+     * @generated from field: classwire.api.events.v1.GuardianUnlinked guardian_unlinked = 5;
+     */
+    value: GuardianUnlinked;
+    case: "guardianUnlinked";
+  } | {
+    /**
+     * A course was created.
+     *
+     * @generated from field: classwire.api.events.v1.CourseCreated course_created = 6;
+     */
+    value: CourseCreated;
+    case: "courseCreated";
+  } | {
+    /**
+     * A course was changed.
+     *
+     * @generated from field: classwire.api.events.v1.CourseUpdated course_updated = 7;
+     */
+    value: CourseUpdated;
+    case: "courseUpdated";
+  } | {
+    /**
+     * A class was created.
+     *
+     * @generated from field: classwire.api.events.v1.ClassCreated class_created = 8;
+     */
+    value: ClassCreated;
+    case: "classCreated";
+  } | {
+    /**
+     * A class was changed.
+     *
+     * @generated from field: classwire.api.events.v1.ClassUpdated class_updated = 9;
+     */
+    value: ClassUpdated;
+    case: "classUpdated";
+  } | {
+    /**
+     * A person was enrolled in a class.
+     *
+     * @generated from field: classwire.api.events.v1.EnrollmentCreated enrollment_created = 10;
+     */
+    value: EnrollmentCreated;
+    case: "enrollmentCreated";
+  } | {
+    /**
+     * An enrollment ended.
+     *
+     * @generated from field: classwire.api.events.v1.EnrollmentEnded enrollment_ended = 11;
+     */
+    value: EnrollmentEnded;
+    case: "enrollmentEnded";
+  } | {
+    /**
+     * A roster import finished without errors (applied, or validated for a dry run).
+     *
+     * @generated from field: classwire.api.events.v1.RosterImportCompleted roster_import_completed = 12;
+     */
+    value: RosterImportCompleted;
+    case: "rosterImportCompleted";
+  } | {
+    /**
+     * A roster import had errors; nothing was applied.
+     *
+     * @generated from field: classwire.api.events.v1.RosterImportFailed roster_import_failed = 13;
+     */
+    value: RosterImportFailed;
+    case: "rosterImportFailed";
+  } | {
+    /**
+     * An organisation was created.
+     *
+     * @generated from field: classwire.api.events.v1.OrgCreated org_created = 14;
+     */
+    value: OrgCreated;
+    case: "orgCreated";
+  } | {
+    /**
+     * An organisation was changed.
+     *
+     * @generated from field: classwire.api.events.v1.OrgUpdated org_updated = 15;
+     */
+    value: OrgUpdated;
+    case: "orgUpdated";
+  } | {
+    /**
+     * An academic session was created.
+     *
+     * @generated from field: classwire.api.events.v1.AcademicSessionCreated academic_session_created = 16;
+     */
+    value: AcademicSessionCreated;
+    case: "academicSessionCreated";
+  } | {
+    /**
+     * An academic session was changed.
+     *
+     * @generated from field: classwire.api.events.v1.AcademicSessionUpdated academic_session_updated = 17;
+     */
+    value: AcademicSessionUpdated;
+    case: "academicSessionUpdated";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -26,4 +174,839 @@ export type RosterEvent = Message<"classwire.api.events.v1.RosterEvent"> & {
  */
 export const RosterEventSchema: GenMessage<RosterEvent> = /*@__PURE__*/
   messageDesc(file_classwire_api_events_v1_roster_events, 0);
+
+/**
+ * A person was created.
+ *
+ * @generated from message classwire.api.events.v1.PersonCreated
+ */
+export type PersonCreated = Message<"classwire.api.events.v1.PersonCreated"> & {
+  /**
+   * The person.
+   *
+   * @generated from field: string person_id = 1;
+   */
+  personId: string;
+
+  /**
+   * The person's external (sourced) id, if any.
+   *
+   * @generated from field: string external_id = 2;
+   */
+  externalId: string;
+
+  /**
+   * The person's roles, as `classwire.api.roster.v1.PersonRole` value names
+   * (`PERSON_ROLE_LEARNER`).
+   *
+   * @generated from field: repeated string roles = 3;
+   */
+  roles: string[];
+
+  /**
+   * The roster import that created the person, if any.
+   *
+   * @generated from field: string roster_import_id = 4;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.PersonCreated.
+ * Use `create(PersonCreatedSchema)` to create a new message.
+ */
+export const PersonCreatedSchema: GenMessage<PersonCreated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 1);
+
+/**
+ * A person was changed.
+ *
+ * @generated from message classwire.api.events.v1.PersonUpdated
+ */
+export type PersonUpdated = Message<"classwire.api.events.v1.PersonUpdated"> & {
+  /**
+   * The person.
+   *
+   * @generated from field: string person_id = 1;
+   */
+  personId: string;
+
+  /**
+   * The person's external id, if any.
+   *
+   * @generated from field: string external_id = 2;
+   */
+  externalId: string;
+
+  /**
+   * The changed fields, as field-mask paths of `classwire.api.roster.v1.Person`
+   * (`contact_channels`, `notification_settings`, `roles`).
+   *
+   * @generated from field: repeated string changed_fields = 3;
+   */
+  changedFields: string[];
+
+  /**
+   * The person's roles after the change, as PersonRole value names.
+   *
+   * @generated from field: repeated string roles = 4;
+   */
+  roles: string[];
+
+  /**
+   * The roster import that changed the person, if any.
+   *
+   * @generated from field: string roster_import_id = 5;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.PersonUpdated.
+ * Use `create(PersonUpdatedSchema)` to create a new message.
+ */
+export const PersonUpdatedSchema: GenMessage<PersonUpdated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 2);
+
+/**
+ * A person was deleted and their personal data erased.
+ *
+ * @generated from message classwire.api.events.v1.PersonDeleted
+ */
+export type PersonDeleted = Message<"classwire.api.events.v1.PersonDeleted"> & {
+  /**
+   * The person.
+   *
+   * @generated from field: string person_id = 1;
+   */
+  personId: string;
+
+  /**
+   * The person's external id, if any.
+   *
+   * @generated from field: string external_id = 2;
+   */
+  externalId: string;
+
+  /**
+   * Number of upcoming bookings cancelled because the deletion was forced.
+   *
+   * @generated from field: int32 cancelled_booking_count = 3;
+   */
+  cancelledBookingCount: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.PersonDeleted.
+ * Use `create(PersonDeletedSchema)` to create a new message.
+ */
+export const PersonDeletedSchema: GenMessage<PersonDeleted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 3);
+
+/**
+ * A guardian was linked to a learner.
+ *
+ * @generated from message classwire.api.events.v1.GuardianLinked
+ */
+export type GuardianLinked = Message<"classwire.api.events.v1.GuardianLinked"> & {
+  /**
+   * The learner.
+   *
+   * @generated from field: string learner_id = 1;
+   */
+  learnerId: string;
+
+  /**
+   * The guardian.
+   *
+   * @generated from field: string guardian_id = 2;
+   */
+  guardianId: string;
+
+  /**
+   * The relationship, as a `classwire.api.roster.v1.GuardianRelationship` value name.
+   *
+   * @generated from field: string relationship = 3;
+   */
+  relationship: string;
+
+  /**
+   * Whether the guardian receives the learner's notices.
+   *
+   * @generated from field: bool receives_notices = 4;
+   */
+  receivesNotices: boolean;
+
+  /**
+   * The roster import that made the link, if any.
+   *
+   * @generated from field: string roster_import_id = 5;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.GuardianLinked.
+ * Use `create(GuardianLinkedSchema)` to create a new message.
+ */
+export const GuardianLinkedSchema: GenMessage<GuardianLinked> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 4);
+
+/**
+ * A guardian was unlinked from a learner.
+ *
+ * @generated from message classwire.api.events.v1.GuardianUnlinked
+ */
+export type GuardianUnlinked = Message<"classwire.api.events.v1.GuardianUnlinked"> & {
+  /**
+   * The learner.
+   *
+   * @generated from field: string learner_id = 1;
+   */
+  learnerId: string;
+
+  /**
+   * The guardian.
+   *
+   * @generated from field: string guardian_id = 2;
+   */
+  guardianId: string;
+
+  /**
+   * The roster import that removed the link, if any.
+   *
+   * @generated from field: string roster_import_id = 3;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.GuardianUnlinked.
+ * Use `create(GuardianUnlinkedSchema)` to create a new message.
+ */
+export const GuardianUnlinkedSchema: GenMessage<GuardianUnlinked> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 5);
+
+/**
+ * An organisation was created.
+ *
+ * @generated from message classwire.api.events.v1.OrgCreated
+ */
+export type OrgCreated = Message<"classwire.api.events.v1.OrgCreated"> & {
+  /**
+   * The organisation.
+   *
+   * @generated from field: string org_id = 1;
+   */
+  orgId: string;
+
+  /**
+   * Its external id, if any.
+   *
+   * @generated from field: string external_id = 2;
+   */
+  externalId: string;
+
+  /**
+   * The roster import that created it, if any.
+   *
+   * @generated from field: string roster_import_id = 3;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.OrgCreated.
+ * Use `create(OrgCreatedSchema)` to create a new message.
+ */
+export const OrgCreatedSchema: GenMessage<OrgCreated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 6);
+
+/**
+ * An organisation was changed.
+ *
+ * @generated from message classwire.api.events.v1.OrgUpdated
+ */
+export type OrgUpdated = Message<"classwire.api.events.v1.OrgUpdated"> & {
+  /**
+   * The organisation.
+   *
+   * @generated from field: string org_id = 1;
+   */
+  orgId: string;
+
+  /**
+   * Its external id, if any.
+   *
+   * @generated from field: string external_id = 2;
+   */
+  externalId: string;
+
+  /**
+   * The changed fields, as field-mask paths of `classwire.api.roster.v1.Org`.
+   *
+   * @generated from field: repeated string changed_fields = 3;
+   */
+  changedFields: string[];
+
+  /**
+   * The roster import that changed it, if any.
+   *
+   * @generated from field: string roster_import_id = 4;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.OrgUpdated.
+ * Use `create(OrgUpdatedSchema)` to create a new message.
+ */
+export const OrgUpdatedSchema: GenMessage<OrgUpdated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 7);
+
+/**
+ * An academic session was created.
+ *
+ * @generated from message classwire.api.events.v1.AcademicSessionCreated
+ */
+export type AcademicSessionCreated = Message<"classwire.api.events.v1.AcademicSessionCreated"> & {
+  /**
+   * The academic session.
+   *
+   * @generated from field: string academic_session_id = 1;
+   */
+  academicSessionId: string;
+
+  /**
+   * Its external id, if any.
+   *
+   * @generated from field: string external_id = 2;
+   */
+  externalId: string;
+
+  /**
+   * The roster import that created it, if any.
+   *
+   * @generated from field: string roster_import_id = 3;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.AcademicSessionCreated.
+ * Use `create(AcademicSessionCreatedSchema)` to create a new message.
+ */
+export const AcademicSessionCreatedSchema: GenMessage<AcademicSessionCreated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 8);
+
+/**
+ * An academic session was changed.
+ *
+ * @generated from message classwire.api.events.v1.AcademicSessionUpdated
+ */
+export type AcademicSessionUpdated = Message<"classwire.api.events.v1.AcademicSessionUpdated"> & {
+  /**
+   * The academic session.
+   *
+   * @generated from field: string academic_session_id = 1;
+   */
+  academicSessionId: string;
+
+  /**
+   * Its external id, if any.
+   *
+   * @generated from field: string external_id = 2;
+   */
+  externalId: string;
+
+  /**
+   * The changed fields, as field-mask paths of `classwire.api.roster.v1.AcademicSession`.
+   *
+   * @generated from field: repeated string changed_fields = 3;
+   */
+  changedFields: string[];
+
+  /**
+   * The roster import that changed it, if any.
+   *
+   * @generated from field: string roster_import_id = 4;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.AcademicSessionUpdated.
+ * Use `create(AcademicSessionUpdatedSchema)` to create a new message.
+ */
+export const AcademicSessionUpdatedSchema: GenMessage<AcademicSessionUpdated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 9);
+
+/**
+ * A course was created.
+ *
+ * @generated from message classwire.api.events.v1.CourseCreated
+ */
+export type CourseCreated = Message<"classwire.api.events.v1.CourseCreated"> & {
+  /**
+   * The course.
+   *
+   * @generated from field: string course_id = 1;
+   */
+  courseId: string;
+
+  /**
+   * Its external id, if any.
+   *
+   * @generated from field: string external_id = 2;
+   */
+  externalId: string;
+
+  /**
+   * The organisation offering it.
+   *
+   * @generated from field: string org_id = 3;
+   */
+  orgId: string;
+
+  /**
+   * The roster import that created it, if any.
+   *
+   * @generated from field: string roster_import_id = 4;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.CourseCreated.
+ * Use `create(CourseCreatedSchema)` to create a new message.
+ */
+export const CourseCreatedSchema: GenMessage<CourseCreated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 10);
+
+/**
+ * A course was changed (archiving sets `state`).
+ *
+ * @generated from message classwire.api.events.v1.CourseUpdated
+ */
+export type CourseUpdated = Message<"classwire.api.events.v1.CourseUpdated"> & {
+  /**
+   * The course.
+   *
+   * @generated from field: string course_id = 1;
+   */
+  courseId: string;
+
+  /**
+   * Its external id, if any.
+   *
+   * @generated from field: string external_id = 2;
+   */
+  externalId: string;
+
+  /**
+   * The changed fields, as field-mask paths of `classwire.api.roster.v1.Course`.
+   *
+   * @generated from field: repeated string changed_fields = 3;
+   */
+  changedFields: string[];
+
+  /**
+   * The roster import that changed it, if any.
+   *
+   * @generated from field: string roster_import_id = 4;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.CourseUpdated.
+ * Use `create(CourseUpdatedSchema)` to create a new message.
+ */
+export const CourseUpdatedSchema: GenMessage<CourseUpdated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 11);
+
+/**
+ * A class was created.
+ *
+ * @generated from message classwire.api.events.v1.ClassCreated
+ */
+export type ClassCreated = Message<"classwire.api.events.v1.ClassCreated"> & {
+  /**
+   * The class.
+   *
+   * @generated from field: string class_id = 1;
+   */
+  classId: string;
+
+  /**
+   * Its external id, if any.
+   *
+   * @generated from field: string external_id = 2;
+   */
+  externalId: string;
+
+  /**
+   * Its course.
+   *
+   * @generated from field: string course_id = 3;
+   */
+  courseId: string;
+
+  /**
+   * Its school.
+   *
+   * @generated from field: string org_id = 4;
+   */
+  orgId: string;
+
+  /**
+   * The roster import that created it, if any.
+   *
+   * @generated from field: string roster_import_id = 5;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ClassCreated.
+ * Use `create(ClassCreatedSchema)` to create a new message.
+ */
+export const ClassCreatedSchema: GenMessage<ClassCreated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 12);
+
+/**
+ * A class was changed (archiving sets `state`).
+ *
+ * @generated from message classwire.api.events.v1.ClassUpdated
+ */
+export type ClassUpdated = Message<"classwire.api.events.v1.ClassUpdated"> & {
+  /**
+   * The class.
+   *
+   * @generated from field: string class_id = 1;
+   */
+  classId: string;
+
+  /**
+   * Its external id, if any.
+   *
+   * @generated from field: string external_id = 2;
+   */
+  externalId: string;
+
+  /**
+   * The changed fields, as field-mask paths of `classwire.api.roster.v1.Class`.
+   *
+   * @generated from field: repeated string changed_fields = 3;
+   */
+  changedFields: string[];
+
+  /**
+   * The roster import that changed it, if any.
+   *
+   * @generated from field: string roster_import_id = 4;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ClassUpdated.
+ * Use `create(ClassUpdatedSchema)` to create a new message.
+ */
+export const ClassUpdatedSchema: GenMessage<ClassUpdated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 13);
+
+/**
+ * A person was enrolled in a class.
+ *
+ * @generated from message classwire.api.events.v1.EnrollmentCreated
+ */
+export type EnrollmentCreated = Message<"classwire.api.events.v1.EnrollmentCreated"> & {
+  /**
+   * The enrollment.
+   *
+   * @generated from field: string enrollment_id = 1;
+   */
+  enrollmentId: string;
+
+  /**
+   * Its external id, if any.
+   *
+   * @generated from field: string external_id = 2;
+   */
+  externalId: string;
+
+  /**
+   * The person.
+   *
+   * @generated from field: string person_id = 3;
+   */
+  personId: string;
+
+  /**
+   * The class.
+   *
+   * @generated from field: string class_id = 4;
+   */
+  classId: string;
+
+  /**
+   * The role, as a `classwire.api.roster.v1.EnrollmentRole` value name.
+   *
+   * @generated from field: string role = 5;
+   */
+  role: string;
+
+  /**
+   * For an instructor: whether primary.
+   *
+   * @generated from field: bool primary = 6;
+   */
+  primary: boolean;
+
+  /**
+   * When it begins.
+   *
+   * @generated from field: google.protobuf.Timestamp begin_time = 7;
+   */
+  beginTime?: Timestamp | undefined;
+
+  /**
+   * The roster import that created it, if any.
+   *
+   * @generated from field: string roster_import_id = 8;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.EnrollmentCreated.
+ * Use `create(EnrollmentCreatedSchema)` to create a new message.
+ */
+export const EnrollmentCreatedSchema: GenMessage<EnrollmentCreated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 14);
+
+/**
+ * An enrollment ended.
+ *
+ * @generated from message classwire.api.events.v1.EnrollmentEnded
+ */
+export type EnrollmentEnded = Message<"classwire.api.events.v1.EnrollmentEnded"> & {
+  /**
+   * The enrollment.
+   *
+   * @generated from field: string enrollment_id = 1;
+   */
+  enrollmentId: string;
+
+  /**
+   * The person.
+   *
+   * @generated from field: string person_id = 2;
+   */
+  personId: string;
+
+  /**
+   * The class.
+   *
+   * @generated from field: string class_id = 3;
+   */
+  classId: string;
+
+  /**
+   * The role, as a `classwire.api.roster.v1.EnrollmentRole` value name.
+   *
+   * @generated from field: string role = 4;
+   */
+  role: string;
+
+  /**
+   * When it ended.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 5;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * Why, for people.
+   *
+   * @generated from field: string reason = 6;
+   */
+  reason: string;
+
+  /**
+   * The roster import that ended it, if any.
+   *
+   * @generated from field: string roster_import_id = 7;
+   */
+  rosterImportId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.EnrollmentEnded.
+ * Use `create(EnrollmentEndedSchema)` to create a new message.
+ */
+export const EnrollmentEndedSchema: GenMessage<EnrollmentEnded> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 15);
+
+/**
+ * What an import did to one kind of record (mirrors `classwire.api.roster.v1.ImportCounts`).
+ *
+ * @generated from message classwire.api.events.v1.RosterImportCounts
+ */
+export type RosterImportCounts = Message<"classwire.api.events.v1.RosterImportCounts"> & {
+  /**
+   * The kind of record, as a `classwire.api.roster.v1.ImportEntity` value name.
+   *
+   * @generated from field: string entity = 1;
+   */
+  entity: string;
+
+  /**
+   * Rows read.
+   *
+   * @generated from field: int32 rows = 2;
+   */
+  rows: number;
+
+  /**
+   * Records created.
+   *
+   * @generated from field: int32 created = 3;
+   */
+  created: number;
+
+  /**
+   * Records changed.
+   *
+   * @generated from field: int32 updated = 4;
+   */
+  updated: number;
+
+  /**
+   * Records made inactive.
+   *
+   * @generated from field: int32 deactivated = 5;
+   */
+  deactivated: number;
+
+  /**
+   * Rows that changed nothing.
+   *
+   * @generated from field: int32 unchanged = 6;
+   */
+  unchanged: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RosterImportCounts.
+ * Use `create(RosterImportCountsSchema)` to create a new message.
+ */
+export const RosterImportCountsSchema: GenMessage<RosterImportCounts> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 16);
+
+/**
+ * A roster import finished without errors.
+ *
+ * @generated from message classwire.api.events.v1.RosterImportCompleted
+ */
+export type RosterImportCompleted = Message<"classwire.api.events.v1.RosterImportCompleted"> & {
+  /**
+   * The import; GetRosterImport returns its full report.
+   *
+   * @generated from field: string roster_import_id = 1;
+   */
+  rosterImportId: string;
+
+  /**
+   * Whether it was a dry run (nothing applied) rather than applied.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * The mode, as a `classwire.api.roster.v1.ImportMode` value name.
+   *
+   * @generated from field: string mode = 3;
+   */
+  mode: string;
+
+  /**
+   * Counts per kind of record.
+   *
+   * @generated from field: repeated classwire.api.events.v1.RosterImportCounts counts = 4;
+   */
+  counts: RosterImportCounts[];
+
+  /**
+   * Number of warnings.
+   *
+   * @generated from field: int32 warning_count = 5;
+   */
+  warningCount: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RosterImportCompleted.
+ * Use `create(RosterImportCompletedSchema)` to create a new message.
+ */
+export const RosterImportCompletedSchema: GenMessage<RosterImportCompleted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 17);
+
+/**
+ * A roster import had errors; nothing was applied.
+ *
+ * @generated from message classwire.api.events.v1.RosterImportFailed
+ */
+export type RosterImportFailed = Message<"classwire.api.events.v1.RosterImportFailed"> & {
+  /**
+   * The import; GetRosterImport returns every error with file, line, field and reason.
+   *
+   * @generated from field: string roster_import_id = 1;
+   */
+  rosterImportId: string;
+
+  /**
+   * Whether it was a dry run.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * The mode, as a `classwire.api.roster.v1.ImportMode` value name.
+   *
+   * @generated from field: string mode = 3;
+   */
+  mode: string;
+
+  /**
+   * Number of errors.
+   *
+   * @generated from field: int32 error_count = 4;
+   */
+  errorCount: number;
+
+  /**
+   * Number of warnings.
+   *
+   * @generated from field: int32 warning_count = 5;
+   */
+  warningCount: number;
+
+  /**
+   * The files that had errors.
+   *
+   * @generated from field: repeated string files_with_errors = 6;
+   */
+  filesWithErrors: string[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RosterImportFailed.
+ * Use `create(RosterImportFailedSchema)` to create a new message.
+ */
+export const RosterImportFailedSchema: GenMessage<RosterImportFailed> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_roster_events, 18);
 

@@ -4,20 +4,201 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file classwire/api/events/v1/scheduling_events.proto.
  */
 export const file_classwire_api_events_v1_scheduling_events: GenFile = /*@__PURE__*/
-  fileDesc("Ci9jbGFzc3dpcmUvYXBpL2V2ZW50cy92MS9zY2hlZHVsaW5nX2V2ZW50cy5wcm90bxIXY2xhc3N3aXJlLmFwaS5ldmVudHMudjEiFwoPU2NoZWR1bGluZ0V2ZW50SgQIARACYgZwcm90bzM");
+  fileDesc("Ci9jbGFzc3dpcmUvYXBpL2V2ZW50cy92MS9zY2hlZHVsaW5nX2V2ZW50cy5wcm90bxIXY2xhc3N3aXJlLmFwaS5ldmVudHMudjEiuQwKD1NjaGVkdWxpbmdFdmVudBJCCg9ib29raW5nX2NyZWF0ZWQYASABKAsyJy5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5Cb29raW5nQ3JlYXRlZEgAEkoKE2Jvb2tpbmdfcmVzY2hlZHVsZWQYAiABKAsyKy5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5Cb29raW5nUmVzY2hlZHVsZWRIABJGChFib29raW5nX2NhbmNlbGxlZBgDIAEoCzIpLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkJvb2tpbmdDYW5jZWxsZWRIABJOChZib29raW5nX25vX3Nob3dfbWFya2VkGAQgASgLMiwuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuQm9va2luZ05vU2hvd01hcmtlZEgAEkAKDnNlcmllc19jcmVhdGVkGAUgASgLMiYuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuU2VyaWVzQ3JlYXRlZEgAEkAKDnNlcmllc191cGRhdGVkGAYgASgLMiYuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuU2VyaWVzVXBkYXRlZEgAEkQKEHNlcmllc19jYW5jZWxsZWQYByABKAsyKC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5TZXJpZXNDYW5jZWxsZWRIABJEChBvY2N1cnJlbmNlX21vdmVkGAggASgLMiguY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuT2NjdXJyZW5jZU1vdmVkSAASTAoUb2NjdXJyZW5jZV9jYW5jZWxsZWQYCSABKAsyLC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5PY2N1cnJlbmNlQ2FuY2VsbGVkSAASSgoTaW5zdHJ1Y3Rvcl9hc3NpZ25lZBgKIAEoCzIrLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkluc3RydWN0b3JBc3NpZ25lZEgAEk4KFWluc3RydWN0b3JfdW5hc3NpZ25lZBgLIAEoCzItLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkluc3RydWN0b3JVbmFzc2lnbmVkSAASUQoXYnVsa19hc3NpZ25tZW50X2FwcGxpZWQYDCABKAsyLi5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5CdWxrQXNzaWdubWVudEFwcGxpZWRIABJKChNzZXNzaW9uX3Byb3Zpc2lvbmVkGA0gASgLMisuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuU2Vzc2lvblByb3Zpc2lvbmVkSAASPAoMcmVtaW5kZXJfZHVlGA4gASgLMiQuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUmVtaW5kZXJEdWVIABI+Cg1yZW1pbmRlcl9zZW50GA8gASgLMiUuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUmVtaW5kZXJTZW50SAASWAobaW5zdHJ1Y3Rvcl9ub19zaG93X2RldGVjdGVkGBAgASgLMjEuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuSW5zdHJ1Y3Rvck5vU2hvd0RldGVjdGVkSAASSgoTc3Vic3RpdHV0ZV9wcm9wb3NlZBgRIAEoCzIrLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlN1YnN0aXR1dGVQcm9wb3NlZEgAEkoKE3N1YnN0aXR1dGVfYXNzaWduZWQYEiABKAsyKy5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5TdWJzdGl0dXRlQXNzaWduZWRIABJMChRhdmFpbGFiaWxpdHlfY2hhbmdlZBgTIAEoCzIsLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkF2YWlsYWJpbGl0eUNoYW5nZWRIABJNChVib29raW5nX3NlYXRfcmVzZXJ2ZWQYFCABKAsyLC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5Cb29raW5nU2VhdFJlc2VydmVkSAASTQoVYm9va2luZ19zZWF0X3JlbGVhc2VkGBUgASgLMiwuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuQm9va2luZ1NlYXRSZWxlYXNlZEgAQgkKB3BheWxvYWQivgIKDkJvb2tpbmdDcmVhdGVkEhIKCmJvb2tpbmdfaWQYASABKAkSEQoJc2VyaWVzX2lkGAIgASgJEjcKE29yaWdpbmFsX3N0YXJ0X3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1pbnN0cnVjdG9yX2lkGAYgASgJEhMKC2xlYXJuZXJfaWRzGAcgAygJEhAKCGNsYXNzX2lkGAggASgJEg8KB3N1YmplY3QYCSABKAkSDQoFbGV2ZWwYCiABKAkSEAoIY2FwYWNpdHkYCyABKAUi6gIKEkJvb2tpbmdSZXNjaGVkdWxlZBISCgpib29raW5nX2lkGAEgASgJEjcKE3ByZXZpb3VzX3N0YXJ0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEXByZXZpb3VzX2VuZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcmVhc29uGAYgASgJEhsKE2luaXRpYXRvcl9wZXJzb25faWQYByABKAkSFgoOaW5pdGlhdG9yX3JvbGUYCCABKAkSFgoOY3V0b2ZmX291dGNvbWUYCSABKAkSFQoNaW5zdHJ1Y3Rvcl9pZBgKIAEoCSLHAQoQQm9va2luZ0NhbmNlbGxlZBISCgpib29raW5nX2lkGAEgASgJEi4KCnN0YXJ0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnJlYXNvbhgDIAEoCRIbChNpbml0aWF0b3JfcGVyc29uX2lkGAQgASgJEhYKDmluaXRpYXRvcl9yb2xlGAUgASgJEhYKDmN1dG9mZl9vdXRjb21lGAYgASgJEhIKCnNlc3Npb25faWQYByABKAkimAEKE0Jvb2tpbmdOb1Nob3dNYXJrZWQSEgoKYm9va2luZ19pZBgBIAEoCRIRCglzZXJpZXNfaWQYAiABKAkSEwoLbGVhcm5lcl9pZHMYAyADKAkSFQoNaW5zdHJ1Y3Rvcl9pZBgEIAEoCRIuCgpzdGFydF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK6AgoNU2VyaWVzQ3JlYXRlZBIRCglzZXJpZXNfaWQYASABKAkSDQoFcnJ1bGUYAiABKAkSEQoJdGltZV96b25lGAMgASgJEi4KCnN0YXJ0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWluc3RydWN0b3JfaWQYBiABKAkSEwoLbGVhcm5lcl9pZHMYByADKAkSEAoIY2xhc3NfaWQYCCABKAkSHwoXYm9va2VkX29jY3VycmVuY2VfY291bnQYCSABKAUSOAoUY29uZmxpY3Rfc3RhcnRfdGltZXMYCiADKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIn4KDVNlcmllc1VwZGF0ZWQSEQoJc2VyaWVzX2lkGAEgASgJEhYKDmNoYW5nZWRfZmllbGRzGAIgAygJEjMKD2FwcGx5X2Zyb21fdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFcnJ1bGUYBCABKAkivAEKD1Nlcmllc0NhbmNlbGxlZBIRCglzZXJpZXNfaWQYASABKAkSLQoJZnJvbV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAyABKAkSGwoTaW5pdGlhdG9yX3BlcnNvbl9pZBgEIAEoCRIWCg5pbml0aWF0b3Jfcm9sZRgFIAEoCRIiChpjYW5jZWxsZWRfb2NjdXJyZW5jZV9jb3VudBgGIAEoBSLlAgoPT2NjdXJyZW5jZU1vdmVkEhEKCXNlcmllc19pZBgBIAEoCRI3ChNvcmlnaW5hbF9zdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpib29raW5nX2lkGAMgASgJEjcKE3ByZXZpb3VzX3N0YXJ0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YByABKAkSGwoTaW5pdGlhdG9yX3BlcnNvbl9pZBgIIAEoCRIWCg5pbml0aWF0b3Jfcm9sZRgJIAEoCRIWCg5jdXRvZmZfb3V0Y29tZRgKIAEoCSKWAgoTT2NjdXJyZW5jZUNhbmNlbGxlZBIRCglzZXJpZXNfaWQYASABKAkSNwoTb3JpZ2luYWxfc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKYm9va2luZ19pZBgDIAEoCRIuCgpzdGFydF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBSABKAkSGwoTaW5pdGlhdG9yX3BlcnNvbl9pZBgGIAEoCRIWCg5pbml0aWF0b3Jfcm9sZRgHIAEoCRIWCg5jdXRvZmZfb3V0Y29tZRgIIAEoCRISCgpzZXNzaW9uX2lkGAkgASgJItQBChJJbnN0cnVjdG9yQXNzaWduZWQSEgoKYm9va2luZ19pZBgBIAEoCRIRCglzZXJpZXNfaWQYAiABKAkSFQoNaW5zdHJ1Y3Rvcl9pZBgDIAEoCRIeChZwcmV2aW91c19pbnN0cnVjdG9yX2lkGAQgASgJEg4KBm1ldGhvZBgFIAEoCRIPCgdtYXRjaGVyGAYgASgJEg8KB3BsYW5faWQYByABKAkSLgoKc3RhcnRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZAoUSW5zdHJ1Y3RvclVuYXNzaWduZWQSEgoKYm9va2luZ19pZBgBIAEoCRIRCglzZXJpZXNfaWQYAiABKAkSFQoNaW5zdHJ1Y3Rvcl9pZBgDIAEoCRIOCgZyZWFzb24YBCABKAki5AEKFUJ1bGtBc3NpZ25tZW50QXBwbGllZBIPCgdwbGFuX2lkGAEgASgJEg8KB21hdGNoZXIYAiABKAkSFQoNc29sdmVyX3N0YXR1cxgDIAEoCRIRCglvYmplY3RpdmUYBCABKAESEgoKYmVzdF9ib3VuZBgFIAEoARILCgNnYXAYBiABKAESFQoNYm9va2luZ19jb3VudBgHIAEoBRIWCg5hc3NpZ25lZF9jb3VudBgIIAEoBRIYChB1bmFzc2lnbmVkX2NvdW50GAkgASgFEhUKDWNoYW5nZWRfY291bnQYCiABKAUi5gEKElNlc3Npb25Qcm92aXNpb25lZBISCgpib29raW5nX2lkGAEgASgJEhEKCXNlcmllc19pZBgCIAEoCRI3ChNvcmlnaW5hbF9zdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpzZXNzaW9uX2lkGAQgASgJEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKtAQoLUmVtaW5kZXJEdWUSEgoKYm9va2luZ19pZBgBIAEoCRIRCglzZXJpZXNfaWQYAiABKAkSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoGb2Zmc2V0GAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhwKFHJlY2lwaWVudF9wZXJzb25faWRzGAUgAygJIq4BCgxSZW1pbmRlclNlbnQSEgoKYm9va2luZ19pZBgBIAEoCRIpCgZvZmZzZXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGwoTcmVjaXBpZW50X3BlcnNvbl9pZBgDIAEoCRIUCgxjaGFubmVsX2tpbmQYBCABKAkSGgoSY29udGFjdF9jaGFubmVsX2lkGAUgASgJEhAKCHByb3ZpZGVyGAYgASgJItYBChhJbnN0cnVjdG9yTm9TaG93RGV0ZWN0ZWQSEgoKYm9va2luZ19pZBgBIAEoCRIRCglzZXJpZXNfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIVCg1pbnN0cnVjdG9yX2lkGAQgASgJEi4KCnN0YXJ0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKBWdyYWNlGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg4KBmFjdGlvbhgHIAEoCSKOAQoSU3Vic3RpdHV0ZVByb3Bvc2VkEhMKC3Byb3Bvc2FsX2lkGAEgASgJEhIKCmJvb2tpbmdfaWQYAiABKAkSHAoUYWJzZW50X2luc3RydWN0b3JfaWQYAyABKAkSIAoYY2FuZGlkYXRlX2luc3RydWN0b3JfaWRzGAQgAygJEg8KB21hdGNoZXIYBSABKAkipAEKElN1YnN0aXR1dGVBc3NpZ25lZBISCgpib29raW5nX2lkGAEgASgJEhEKCXNlcmllc19pZBgCIAEoCRIcChRhYnNlbnRfaW5zdHJ1Y3Rvcl9pZBgDIAEoCRIgChhzdWJzdGl0dXRlX2luc3RydWN0b3JfaWQYBCABKAkSEwoLcHJvcG9zYWxfaWQYBSABKAkSEgoKc2Vzc2lvbl9pZBgGIAEoCSJAChNBdmFpbGFiaWxpdHlDaGFuZ2VkEhEKCXBlcnNvbl9pZBgBIAEoCRIWCg5jaGFuZ2VkX2ZpZWxkcxgCIAMoCSJpChNCb29raW5nU2VhdFJlc2VydmVkEhIKCmJvb2tpbmdfaWQYASABKAkSEQoJc2VyaWVzX2lkGAIgASgJEhIKCmxlYXJuZXJfaWQYAyABKAkSFwoPc2VhdHNfYXZhaWxhYmxlGAQgASgFIngKE0Jvb2tpbmdTZWF0UmVsZWFzZWQSEgoKYm9va2luZ19pZBgBIAEoCRIRCglzZXJpZXNfaWQYAiABKAkSEgoKbGVhcm5lcl9pZBgDIAEoCRIOCgZyZWFzb24YBCABKAkSFgoOY3V0b2ZmX291dGNvbWUYBSABKAliBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
- * Events owned by the scheduling area.
+ * Events owned by the scheduling area (`classwire.api.scheduling.v1`). Payloads carry ids and
+ * times, never personal data; read the current state with SchedulingService. Enum values are
+ * carried as the scheduling enum's value name (as in JSON), because this package does not import
+ * area packages. A one-off booking's changes are Booking* events; an occurrence of a series is
+ * moved and cancelled as Occurrence* events, every other change of an occurrence is a Booking*
+ * event with `series_id` set.
  *
  * @generated from message classwire.api.events.v1.SchedulingEvent
  */
 export type SchedulingEvent = Message<"classwire.api.events.v1.SchedulingEvent"> & {
+  /**
+   * What happened.
+   *
+   * @generated from oneof classwire.api.events.v1.SchedulingEvent.payload
+   */
+  payload: {
+    /**
+     * A booking (one-off or occurrence) was created.
+     *
+     * @generated from field: classwire.api.events.v1.BookingCreated booking_created = 1;
+     */
+    value: BookingCreated;
+    case: "bookingCreated";
+  } | {
+    /**
+     * A one-off booking was moved.
+     *
+     * @generated from field: classwire.api.events.v1.BookingRescheduled booking_rescheduled = 2;
+     */
+    value: BookingRescheduled;
+    case: "bookingRescheduled";
+  } | {
+    /**
+     * A one-off booking was cancelled.
+     *
+     * @generated from field: classwire.api.events.v1.BookingCancelled booking_cancelled = 3;
+     */
+    value: BookingCancelled;
+    case: "bookingCancelled";
+  } | {
+    /**
+     * Participants of a booking were marked as no-shows.
+     *
+     * @generated from field: classwire.api.events.v1.BookingNoShowMarked booking_no_show_marked = 4;
+     */
+    value: BookingNoShowMarked;
+    case: "bookingNoShowMarked";
+  } | {
+    /**
+     * A recurring series was created.
+     *
+     * @generated from field: classwire.api.events.v1.SeriesCreated series_created = 5;
+     */
+    value: SeriesCreated;
+    case: "seriesCreated";
+  } | {
+    /**
+     * A series was changed.
+     *
+     * @generated from field: classwire.api.events.v1.SeriesUpdated series_updated = 6;
+     */
+    value: SeriesUpdated;
+    case: "seriesUpdated";
+  } | {
+    /**
+     * A series was cancelled from some occurrence on.
+     *
+     * @generated from field: classwire.api.events.v1.SeriesCancelled series_cancelled = 7;
+     */
+    value: SeriesCancelled;
+    case: "seriesCancelled";
+  } | {
+    /**
+     * One occurrence of a series was moved.
+     *
+     * @generated from field: classwire.api.events.v1.OccurrenceMoved occurrence_moved = 8;
+     */
+    value: OccurrenceMoved;
+    case: "occurrenceMoved";
+  } | {
+    /**
+     * One occurrence of a series was cancelled.
+     *
+     * @generated from field: classwire.api.events.v1.OccurrenceCancelled occurrence_cancelled = 9;
+     */
+    value: OccurrenceCancelled;
+    case: "occurrenceCancelled";
+  } | {
+    /**
+     * An instructor was assigned to a booking or a series.
+     *
+     * @generated from field: classwire.api.events.v1.InstructorAssigned instructor_assigned = 10;
+     */
+    value: InstructorAssigned;
+    case: "instructorAssigned";
+  } | {
+    /**
+     * An instructor was removed from a booking or a series.
+     *
+     * @generated from field: classwire.api.events.v1.InstructorUnassigned instructor_unassigned = 11;
+     */
+    value: InstructorUnassigned;
+    case: "instructorUnassigned";
+  } | {
+    /**
+     * A bulk assignment plan was applied.
+     *
+     * @generated from field: classwire.api.events.v1.BulkAssignmentApplied bulk_assignment_applied = 12;
+     */
+    value: BulkAssignmentApplied;
+    case: "bulkAssignmentApplied";
+  } | {
+    /**
+     * A booking's live session was provisioned.
+     *
+     * @generated from field: classwire.api.events.v1.SessionProvisioned session_provisioned = 13;
+     */
+    value: SessionProvisioned;
+    case: "sessionProvisioned";
+  } | {
+    /**
+     * A reminder's time came (the notification workflow sends it).
+     *
+     * @generated from field: classwire.api.events.v1.ReminderDue reminder_due = 14;
+     */
+    value: ReminderDue;
+    case: "reminderDue";
+  } | {
+    /**
+     * A reminder was sent to one recipient on one channel.
+     *
+     * @generated from field: classwire.api.events.v1.ReminderSent reminder_sent = 15;
+     */
+    value: ReminderSent;
+    case: "reminderSent";
+  } | {
+    /**
+     * An instructor had not joined by the end of the grace period.
+     *
+     * @generated from field: classwire.api.events.v1.InstructorNoShowDetected instructor_no_show_detected = 16;
+     */
+    value: InstructorNoShowDetected;
+    case: "instructorNoShowDetected";
+  } | {
+    /**
+     * Substitutes were proposed for a booking.
+     *
+     * @generated from field: classwire.api.events.v1.SubstituteProposed substitute_proposed = 17;
+     */
+    value: SubstituteProposed;
+    case: "substituteProposed";
+  } | {
+    /**
+     * A substitute was assigned to a booking.
+     *
+     * @generated from field: classwire.api.events.v1.SubstituteAssigned substitute_assigned = 18;
+     */
+    value: SubstituteAssigned;
+    case: "substituteAssigned";
+  } | {
+    /**
+     * A person's availability changed.
+     *
+     * @generated from field: classwire.api.events.v1.AvailabilityChanged availability_changed = 19;
+     */
+    value: AvailabilityChanged;
+    case: "availabilityChanged";
+  } | {
+    /**
+     * A learner took a seat.
+     *
+     * @generated from field: classwire.api.events.v1.BookingSeatReserved booking_seat_reserved = 20;
+     */
+    value: BookingSeatReserved;
+    case: "bookingSeatReserved";
+  } | {
+    /**
+     * A learner gave a seat back.
+     *
+     * @generated from field: classwire.api.events.v1.BookingSeatReleased booking_seat_released = 21;
+     */
+    value: BookingSeatReleased;
+    case: "bookingSeatReleased";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -26,4 +207,1280 @@ export type SchedulingEvent = Message<"classwire.api.events.v1.SchedulingEvent">
  */
 export const SchedulingEventSchema: GenMessage<SchedulingEvent> = /*@__PURE__*/
   messageDesc(file_classwire_api_events_v1_scheduling_events, 0);
+
+/**
+ * A booking (one-off or an occurrence of a series) was created.
+ *
+ * @generated from message classwire.api.events.v1.BookingCreated
+ */
+export type BookingCreated = Message<"classwire.api.events.v1.BookingCreated"> & {
+  /**
+   * The booking.
+   *
+   * @generated from field: string booking_id = 1;
+   */
+  bookingId: string;
+
+  /**
+   * The series, for an occurrence.
+   *
+   * @generated from field: string series_id = 2;
+   */
+  seriesId: string;
+
+  /**
+   * For an occurrence: its original start.
+   *
+   * @generated from field: google.protobuf.Timestamp original_start_time = 3;
+   */
+  originalStartTime?: Timestamp | undefined;
+
+  /**
+   * Start.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 4;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * End.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 5;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * The instructor; empty when unassigned.
+   *
+   * @generated from field: string instructor_id = 6;
+   */
+  instructorId: string;
+
+  /**
+   * The learners.
+   *
+   * @generated from field: repeated string learner_ids = 7;
+   */
+  learnerIds: string[];
+
+  /**
+   * The class, if any.
+   *
+   * @generated from field: string class_id = 8;
+   */
+  classId: string;
+
+  /**
+   * Subject.
+   *
+   * @generated from field: string subject = 9;
+   */
+  subject: string;
+
+  /**
+   * Level.
+   *
+   * @generated from field: string level = 10;
+   */
+  level: string;
+
+  /**
+   * Seats in total.
+   *
+   * @generated from field: int32 capacity = 11;
+   */
+  capacity: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.BookingCreated.
+ * Use `create(BookingCreatedSchema)` to create a new message.
+ */
+export const BookingCreatedSchema: GenMessage<BookingCreated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 1);
+
+/**
+ * A one-off booking was moved.
+ *
+ * @generated from message classwire.api.events.v1.BookingRescheduled
+ */
+export type BookingRescheduled = Message<"classwire.api.events.v1.BookingRescheduled"> & {
+  /**
+   * The booking.
+   *
+   * @generated from field: string booking_id = 1;
+   */
+  bookingId: string;
+
+  /**
+   * Start before the move.
+   *
+   * @generated from field: google.protobuf.Timestamp previous_start_time = 2;
+   */
+  previousStartTime?: Timestamp | undefined;
+
+  /**
+   * End before the move.
+   *
+   * @generated from field: google.protobuf.Timestamp previous_end_time = 3;
+   */
+  previousEndTime?: Timestamp | undefined;
+
+  /**
+   * Start after the move.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 4;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * End after the move.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 5;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * Why, for people.
+   *
+   * @generated from field: string reason = 6;
+   */
+  reason: string;
+
+  /**
+   * The person it was moved for, if any.
+   *
+   * @generated from field: string initiator_person_id = 7;
+   */
+  initiatorPersonId: string;
+
+  /**
+   * Their role, as a `classwire.api.scheduling.v1.InitiatorRole` value name.
+   *
+   * @generated from field: string initiator_role = 8;
+   */
+  initiatorRole: string;
+
+  /**
+   * The cut-off outcome, as a `classwire.api.scheduling.v1.CutoffOutcome` value name.
+   *
+   * @generated from field: string cutoff_outcome = 9;
+   */
+  cutoffOutcome: string;
+
+  /**
+   * The instructor after the move (changed when the move allowed reassignment).
+   *
+   * @generated from field: string instructor_id = 10;
+   */
+  instructorId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.BookingRescheduled.
+ * Use `create(BookingRescheduledSchema)` to create a new message.
+ */
+export const BookingRescheduledSchema: GenMessage<BookingRescheduled> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 2);
+
+/**
+ * A one-off booking was cancelled.
+ *
+ * @generated from message classwire.api.events.v1.BookingCancelled
+ */
+export type BookingCancelled = Message<"classwire.api.events.v1.BookingCancelled"> & {
+  /**
+   * The booking.
+   *
+   * @generated from field: string booking_id = 1;
+   */
+  bookingId: string;
+
+  /**
+   * Its start.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 2;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Why, for people.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * The person it was cancelled for, if any.
+   *
+   * @generated from field: string initiator_person_id = 4;
+   */
+  initiatorPersonId: string;
+
+  /**
+   * Their role, as an InitiatorRole value name.
+   *
+   * @generated from field: string initiator_role = 5;
+   */
+  initiatorRole: string;
+
+  /**
+   * The cut-off outcome, as a CutoffOutcome value name.
+   *
+   * @generated from field: string cutoff_outcome = 6;
+   */
+  cutoffOutcome: string;
+
+  /**
+   * The cancelled live session, if one was provisioned.
+   *
+   * @generated from field: string session_id = 7;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.BookingCancelled.
+ * Use `create(BookingCancelledSchema)` to create a new message.
+ */
+export const BookingCancelledSchema: GenMessage<BookingCancelled> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 3);
+
+/**
+ * Participants of a booking were marked as no-shows.
+ *
+ * @generated from message classwire.api.events.v1.BookingNoShowMarked
+ */
+export type BookingNoShowMarked = Message<"classwire.api.events.v1.BookingNoShowMarked"> & {
+  /**
+   * The booking.
+   *
+   * @generated from field: string booking_id = 1;
+   */
+  bookingId: string;
+
+  /**
+   * The series, for an occurrence.
+   *
+   * @generated from field: string series_id = 2;
+   */
+  seriesId: string;
+
+  /**
+   * The learners marked.
+   *
+   * @generated from field: repeated string learner_ids = 3;
+   */
+  learnerIds: string[];
+
+  /**
+   * The instructor, if marked.
+   *
+   * @generated from field: string instructor_id = 4;
+   */
+  instructorId: string;
+
+  /**
+   * Its start.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 5;
+   */
+  startTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.BookingNoShowMarked.
+ * Use `create(BookingNoShowMarkedSchema)` to create a new message.
+ */
+export const BookingNoShowMarkedSchema: GenMessage<BookingNoShowMarked> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 4);
+
+/**
+ * A recurring series was created.
+ *
+ * @generated from message classwire.api.events.v1.SeriesCreated
+ */
+export type SeriesCreated = Message<"classwire.api.events.v1.SeriesCreated"> & {
+  /**
+   * The series.
+   *
+   * @generated from field: string series_id = 1;
+   */
+  seriesId: string;
+
+  /**
+   * The RFC 5545 RRULE value.
+   *
+   * @generated from field: string rrule = 2;
+   */
+  rrule: string;
+
+  /**
+   * IANA zone of the expansion.
+   *
+   * @generated from field: string time_zone = 3;
+   */
+  timeZone: string;
+
+  /**
+   * Start of the first occurrence.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 4;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Length of each occurrence.
+   *
+   * @generated from field: google.protobuf.Duration duration = 5;
+   */
+  duration?: Duration | undefined;
+
+  /**
+   * The default instructor; empty if none.
+   *
+   * @generated from field: string instructor_id = 6;
+   */
+  instructorId: string;
+
+  /**
+   * The learners.
+   *
+   * @generated from field: repeated string learner_ids = 7;
+   */
+  learnerIds: string[];
+
+  /**
+   * The class, if any.
+   *
+   * @generated from field: string class_id = 8;
+   */
+  classId: string;
+
+  /**
+   * Number of occurrences booked now.
+   *
+   * @generated from field: int32 booked_occurrence_count = 9;
+   */
+  bookedOccurrenceCount: number;
+
+  /**
+   * Original starts skipped or left unassigned under the conflict policy.
+   *
+   * @generated from field: repeated google.protobuf.Timestamp conflict_start_times = 10;
+   */
+  conflictStartTimes: Timestamp[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SeriesCreated.
+ * Use `create(SeriesCreatedSchema)` to create a new message.
+ */
+export const SeriesCreatedSchema: GenMessage<SeriesCreated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 5);
+
+/**
+ * A series was changed.
+ *
+ * @generated from message classwire.api.events.v1.SeriesUpdated
+ */
+export type SeriesUpdated = Message<"classwire.api.events.v1.SeriesUpdated"> & {
+  /**
+   * The series.
+   *
+   * @generated from field: string series_id = 1;
+   */
+  seriesId: string;
+
+  /**
+   * The changed fields, as field-mask paths of `classwire.api.scheduling.v1.Series`.
+   *
+   * @generated from field: repeated string changed_fields = 2;
+   */
+  changedFields: string[];
+
+  /**
+   * Occurrences whose original start is at or after this were affected.
+   *
+   * @generated from field: google.protobuf.Timestamp apply_from_time = 3;
+   */
+  applyFromTime?: Timestamp | undefined;
+
+  /**
+   * The RRULE after the change.
+   *
+   * @generated from field: string rrule = 4;
+   */
+  rrule: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SeriesUpdated.
+ * Use `create(SeriesUpdatedSchema)` to create a new message.
+ */
+export const SeriesUpdatedSchema: GenMessage<SeriesUpdated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 6);
+
+/**
+ * A series was cancelled from some occurrence on.
+ *
+ * @generated from message classwire.api.events.v1.SeriesCancelled
+ */
+export type SeriesCancelled = Message<"classwire.api.events.v1.SeriesCancelled"> & {
+  /**
+   * The series.
+   *
+   * @generated from field: string series_id = 1;
+   */
+  seriesId: string;
+
+  /**
+   * Occurrences whose original start is at or after this were cancelled.
+   *
+   * @generated from field: google.protobuf.Timestamp from_time = 2;
+   */
+  fromTime?: Timestamp | undefined;
+
+  /**
+   * Why, for people.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * The person it was cancelled for, if any.
+   *
+   * @generated from field: string initiator_person_id = 4;
+   */
+  initiatorPersonId: string;
+
+  /**
+   * Their role, as an InitiatorRole value name.
+   *
+   * @generated from field: string initiator_role = 5;
+   */
+  initiatorRole: string;
+
+  /**
+   * Number of occurrences cancelled.
+   *
+   * @generated from field: int32 cancelled_occurrence_count = 6;
+   */
+  cancelledOccurrenceCount: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SeriesCancelled.
+ * Use `create(SeriesCancelledSchema)` to create a new message.
+ */
+export const SeriesCancelledSchema: GenMessage<SeriesCancelled> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 7);
+
+/**
+ * One occurrence of a series was moved; it keeps the series id and its original start.
+ *
+ * @generated from message classwire.api.events.v1.OccurrenceMoved
+ */
+export type OccurrenceMoved = Message<"classwire.api.events.v1.OccurrenceMoved"> & {
+  /**
+   * The series.
+   *
+   * @generated from field: string series_id = 1;
+   */
+  seriesId: string;
+
+  /**
+   * The occurrence's original start (its RECURRENCE-ID).
+   *
+   * @generated from field: google.protobuf.Timestamp original_start_time = 2;
+   */
+  originalStartTime?: Timestamp | undefined;
+
+  /**
+   * The occurrence's booking.
+   *
+   * @generated from field: string booking_id = 3;
+   */
+  bookingId: string;
+
+  /**
+   * Start before the move.
+   *
+   * @generated from field: google.protobuf.Timestamp previous_start_time = 4;
+   */
+  previousStartTime?: Timestamp | undefined;
+
+  /**
+   * Start after the move.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 5;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * End after the move.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 6;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * Why, for people.
+   *
+   * @generated from field: string reason = 7;
+   */
+  reason: string;
+
+  /**
+   * The person it was moved for, if any.
+   *
+   * @generated from field: string initiator_person_id = 8;
+   */
+  initiatorPersonId: string;
+
+  /**
+   * Their role, as an InitiatorRole value name.
+   *
+   * @generated from field: string initiator_role = 9;
+   */
+  initiatorRole: string;
+
+  /**
+   * The cut-off outcome, as a CutoffOutcome value name.
+   *
+   * @generated from field: string cutoff_outcome = 10;
+   */
+  cutoffOutcome: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.OccurrenceMoved.
+ * Use `create(OccurrenceMovedSchema)` to create a new message.
+ */
+export const OccurrenceMovedSchema: GenMessage<OccurrenceMoved> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 8);
+
+/**
+ * One occurrence of a series was cancelled; the series continues.
+ *
+ * @generated from message classwire.api.events.v1.OccurrenceCancelled
+ */
+export type OccurrenceCancelled = Message<"classwire.api.events.v1.OccurrenceCancelled"> & {
+  /**
+   * The series.
+   *
+   * @generated from field: string series_id = 1;
+   */
+  seriesId: string;
+
+  /**
+   * The occurrence's original start.
+   *
+   * @generated from field: google.protobuf.Timestamp original_start_time = 2;
+   */
+  originalStartTime?: Timestamp | undefined;
+
+  /**
+   * The occurrence's booking.
+   *
+   * @generated from field: string booking_id = 3;
+   */
+  bookingId: string;
+
+  /**
+   * Its start when cancelled.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 4;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Why, for people.
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+
+  /**
+   * The person it was cancelled for, if any.
+   *
+   * @generated from field: string initiator_person_id = 6;
+   */
+  initiatorPersonId: string;
+
+  /**
+   * Their role, as an InitiatorRole value name.
+   *
+   * @generated from field: string initiator_role = 7;
+   */
+  initiatorRole: string;
+
+  /**
+   * The cut-off outcome, as a CutoffOutcome value name.
+   *
+   * @generated from field: string cutoff_outcome = 8;
+   */
+  cutoffOutcome: string;
+
+  /**
+   * The cancelled live session, if one was provisioned.
+   *
+   * @generated from field: string session_id = 9;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.OccurrenceCancelled.
+ * Use `create(OccurrenceCancelledSchema)` to create a new message.
+ */
+export const OccurrenceCancelledSchema: GenMessage<OccurrenceCancelled> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 9);
+
+/**
+ * An instructor was assigned to a booking, or to a series (its future occurrences).
+ *
+ * @generated from message classwire.api.events.v1.InstructorAssigned
+ */
+export type InstructorAssigned = Message<"classwire.api.events.v1.InstructorAssigned"> & {
+  /**
+   * The booking; empty when a series was assigned.
+   *
+   * @generated from field: string booking_id = 1;
+   */
+  bookingId: string;
+
+  /**
+   * The series (of the occurrence, or the series assigned).
+   *
+   * @generated from field: string series_id = 2;
+   */
+  seriesId: string;
+
+  /**
+   * The instructor.
+   *
+   * @generated from field: string instructor_id = 3;
+   */
+  instructorId: string;
+
+  /**
+   * The instructor replaced, if any.
+   *
+   * @generated from field: string previous_instructor_id = 4;
+   */
+  previousInstructorId: string;
+
+  /**
+   * How, as a `classwire.api.scheduling.v1.AssignmentMethod` value name.
+   *
+   * @generated from field: string method = 5;
+   */
+  method: string;
+
+  /**
+   * The matcher, if one chose.
+   *
+   * @generated from field: string matcher = 6;
+   */
+  matcher: string;
+
+  /**
+   * The bulk plan, if any.
+   *
+   * @generated from field: string plan_id = 7;
+   */
+  planId: string;
+
+  /**
+   * The booking's start.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 8;
+   */
+  startTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.InstructorAssigned.
+ * Use `create(InstructorAssignedSchema)` to create a new message.
+ */
+export const InstructorAssignedSchema: GenMessage<InstructorAssigned> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 10);
+
+/**
+ * An instructor was removed from a booking or a series.
+ *
+ * @generated from message classwire.api.events.v1.InstructorUnassigned
+ */
+export type InstructorUnassigned = Message<"classwire.api.events.v1.InstructorUnassigned"> & {
+  /**
+   * The booking; empty when a series was unassigned.
+   *
+   * @generated from field: string booking_id = 1;
+   */
+  bookingId: string;
+
+  /**
+   * The series (of the occurrence, or the series unassigned).
+   *
+   * @generated from field: string series_id = 2;
+   */
+  seriesId: string;
+
+  /**
+   * The instructor removed.
+   *
+   * @generated from field: string instructor_id = 3;
+   */
+  instructorId: string;
+
+  /**
+   * Why, for people.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.InstructorUnassigned.
+ * Use `create(InstructorUnassignedSchema)` to create a new message.
+ */
+export const InstructorUnassignedSchema: GenMessage<InstructorUnassigned> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 11);
+
+/**
+ * A bulk assignment plan was applied.
+ *
+ * @generated from message classwire.api.events.v1.BulkAssignmentApplied
+ */
+export type BulkAssignmentApplied = Message<"classwire.api.events.v1.BulkAssignmentApplied"> & {
+  /**
+   * The plan; GetAssignmentPlan returns its explanations.
+   *
+   * @generated from field: string plan_id = 1;
+   */
+  planId: string;
+
+  /**
+   * The matcher that computed it.
+   *
+   * @generated from field: string matcher = 2;
+   */
+  matcher: string;
+
+  /**
+   * The solver status, as a `classwire.api.scheduling.v1.SolverStatus` value name.
+   *
+   * @generated from field: string solver_status = 3;
+   */
+  solverStatus: string;
+
+  /**
+   * The plan's objective.
+   *
+   * @generated from field: double objective = 4;
+   */
+  objective: number;
+
+  /**
+   * The solver's bound.
+   *
+   * @generated from field: double best_bound = 5;
+   */
+  bestBound: number;
+
+  /**
+   * The relative gap.
+   *
+   * @generated from field: double gap = 6;
+   */
+  gap: number;
+
+  /**
+   * Bookings considered.
+   *
+   * @generated from field: int32 booking_count = 7;
+   */
+  bookingCount: number;
+
+  /**
+   * Bookings given an instructor.
+   *
+   * @generated from field: int32 assigned_count = 8;
+   */
+  assignedCount: number;
+
+  /**
+   * Bookings left without one.
+   *
+   * @generated from field: int32 unassigned_count = 9;
+   */
+  unassignedCount: number;
+
+  /**
+   * Bookings whose instructor changed.
+   *
+   * @generated from field: int32 changed_count = 10;
+   */
+  changedCount: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.BulkAssignmentApplied.
+ * Use `create(BulkAssignmentAppliedSchema)` to create a new message.
+ */
+export const BulkAssignmentAppliedSchema: GenMessage<BulkAssignmentApplied> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 12);
+
+/**
+ * A booking's live session was provisioned, with join tokens for its participants.
+ *
+ * @generated from message classwire.api.events.v1.SessionProvisioned
+ */
+export type SessionProvisioned = Message<"classwire.api.events.v1.SessionProvisioned"> & {
+  /**
+   * The booking.
+   *
+   * @generated from field: string booking_id = 1;
+   */
+  bookingId: string;
+
+  /**
+   * The series, for an occurrence.
+   *
+   * @generated from field: string series_id = 2;
+   */
+  seriesId: string;
+
+  /**
+   * For an occurrence: its original start.
+   *
+   * @generated from field: google.protobuf.Timestamp original_start_time = 3;
+   */
+  originalStartTime?: Timestamp | undefined;
+
+  /**
+   * The live session.
+   *
+   * @generated from field: string session_id = 4;
+   */
+  sessionId: string;
+
+  /**
+   * The booking's start.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 5;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * The booking's end.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 6;
+   */
+  endTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SessionProvisioned.
+ * Use `create(SessionProvisionedSchema)` to create a new message.
+ */
+export const SessionProvisionedSchema: GenMessage<SessionProvisioned> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 13);
+
+/**
+ * A reminder's time came; the notification workflow sends it to each recipient per their
+ * preferences, consent and quiet hours.
+ *
+ * @generated from message classwire.api.events.v1.ReminderDue
+ */
+export type ReminderDue = Message<"classwire.api.events.v1.ReminderDue"> & {
+  /**
+   * The booking.
+   *
+   * @generated from field: string booking_id = 1;
+   */
+  bookingId: string;
+
+  /**
+   * The series, for an occurrence.
+   *
+   * @generated from field: string series_id = 2;
+   */
+  seriesId: string;
+
+  /**
+   * The booking's start.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 3;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * The reminder's offset before the start.
+   *
+   * @generated from field: google.protobuf.Duration offset = 4;
+   */
+  offset?: Duration | undefined;
+
+  /**
+   * The people to remind (learners, guardians, instructor, per the reminder policy).
+   *
+   * @generated from field: repeated string recipient_person_ids = 5;
+   */
+  recipientPersonIds: string[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ReminderDue.
+ * Use `create(ReminderDueSchema)` to create a new message.
+ */
+export const ReminderDueSchema: GenMessage<ReminderDue> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 14);
+
+/**
+ * A reminder was sent to one recipient on one channel.
+ *
+ * @generated from message classwire.api.events.v1.ReminderSent
+ */
+export type ReminderSent = Message<"classwire.api.events.v1.ReminderSent"> & {
+  /**
+   * The booking.
+   *
+   * @generated from field: string booking_id = 1;
+   */
+  bookingId: string;
+
+  /**
+   * The reminder's offset before the start.
+   *
+   * @generated from field: google.protobuf.Duration offset = 2;
+   */
+  offset?: Duration | undefined;
+
+  /**
+   * The recipient.
+   *
+   * @generated from field: string recipient_person_id = 3;
+   */
+  recipientPersonId: string;
+
+  /**
+   * The channel kind, as a `classwire.api.roster.v1.ContactChannelKind` value name.
+   *
+   * @generated from field: string channel_kind = 4;
+   */
+  channelKind: string;
+
+  /**
+   * The recipient's contact channel id.
+   *
+   * @generated from field: string contact_channel_id = 5;
+   */
+  contactChannelId: string;
+
+  /**
+   * The notification provider that delivered it.
+   *
+   * @generated from field: string provider = 6;
+   */
+  provider: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ReminderSent.
+ * Use `create(ReminderSentSchema)` to create a new message.
+ */
+export const ReminderSentSchema: GenMessage<ReminderSent> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 15);
+
+/**
+ * An instructor had not joined a booking's session by the end of the grace period.
+ *
+ * @generated from message classwire.api.events.v1.InstructorNoShowDetected
+ */
+export type InstructorNoShowDetected = Message<"classwire.api.events.v1.InstructorNoShowDetected"> & {
+  /**
+   * The booking.
+   *
+   * @generated from field: string booking_id = 1;
+   */
+  bookingId: string;
+
+  /**
+   * The series, for an occurrence.
+   *
+   * @generated from field: string series_id = 2;
+   */
+  seriesId: string;
+
+  /**
+   * The live session.
+   *
+   * @generated from field: string session_id = 3;
+   */
+  sessionId: string;
+
+  /**
+   * The absent instructor.
+   *
+   * @generated from field: string instructor_id = 4;
+   */
+  instructorId: string;
+
+  /**
+   * The booking's start.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 5;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * The grace period applied.
+   *
+   * @generated from field: google.protobuf.Duration grace = 6;
+   */
+  grace?: Duration | undefined;
+
+  /**
+   * What the policy does next, as a `classwire.api.scheduling.v1.NoShowAction` value name.
+   *
+   * @generated from field: string action = 7;
+   */
+  action: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.InstructorNoShowDetected.
+ * Use `create(InstructorNoShowDetectedSchema)` to create a new message.
+ */
+export const InstructorNoShowDetectedSchema: GenMessage<InstructorNoShowDetected> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 16);
+
+/**
+ * Substitutes were proposed for a booking.
+ *
+ * @generated from message classwire.api.events.v1.SubstituteProposed
+ */
+export type SubstituteProposed = Message<"classwire.api.events.v1.SubstituteProposed"> & {
+  /**
+   * The proposal.
+   *
+   * @generated from field: string proposal_id = 1;
+   */
+  proposalId: string;
+
+  /**
+   * The booking.
+   *
+   * @generated from field: string booking_id = 2;
+   */
+  bookingId: string;
+
+  /**
+   * The instructor being replaced.
+   *
+   * @generated from field: string absent_instructor_id = 3;
+   */
+  absentInstructorId: string;
+
+  /**
+   * Eligible substitutes, best first (possibly none).
+   *
+   * @generated from field: repeated string candidate_instructor_ids = 4;
+   */
+  candidateInstructorIds: string[];
+
+  /**
+   * The matcher that ranked them.
+   *
+   * @generated from field: string matcher = 5;
+   */
+  matcher: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SubstituteProposed.
+ * Use `create(SubstituteProposedSchema)` to create a new message.
+ */
+export const SubstituteProposedSchema: GenMessage<SubstituteProposed> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 17);
+
+/**
+ * A substitute was assigned to one booking; the regular instructor stays on the series.
+ *
+ * @generated from message classwire.api.events.v1.SubstituteAssigned
+ */
+export type SubstituteAssigned = Message<"classwire.api.events.v1.SubstituteAssigned"> & {
+  /**
+   * The booking.
+   *
+   * @generated from field: string booking_id = 1;
+   */
+  bookingId: string;
+
+  /**
+   * The series, for an occurrence.
+   *
+   * @generated from field: string series_id = 2;
+   */
+  seriesId: string;
+
+  /**
+   * The instructor replaced.
+   *
+   * @generated from field: string absent_instructor_id = 3;
+   */
+  absentInstructorId: string;
+
+  /**
+   * The substitute.
+   *
+   * @generated from field: string substitute_instructor_id = 4;
+   */
+  substituteInstructorId: string;
+
+  /**
+   * The proposal it came from, if any.
+   *
+   * @generated from field: string proposal_id = 5;
+   */
+  proposalId: string;
+
+  /**
+   * The live session, if provisioned (its participants were updated).
+   *
+   * @generated from field: string session_id = 6;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SubstituteAssigned.
+ * Use `create(SubstituteAssignedSchema)` to create a new message.
+ */
+export const SubstituteAssignedSchema: GenMessage<SubstituteAssigned> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 18);
+
+/**
+ * A person's availability changed.
+ *
+ * @generated from message classwire.api.events.v1.AvailabilityChanged
+ */
+export type AvailabilityChanged = Message<"classwire.api.events.v1.AvailabilityChanged"> & {
+  /**
+   * The person.
+   *
+   * @generated from field: string person_id = 1;
+   */
+  personId: string;
+
+  /**
+   * The changed parts, as field-mask paths of
+   * `classwire.api.scheduling.v1.AvailabilitySchedule` (`weekly_rules`, `time_off`).
+   *
+   * @generated from field: repeated string changed_fields = 2;
+   */
+  changedFields: string[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.AvailabilityChanged.
+ * Use `create(AvailabilityChangedSchema)` to create a new message.
+ */
+export const AvailabilityChangedSchema: GenMessage<AvailabilityChanged> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 19);
+
+/**
+ * A learner took a seat in a booking or a series.
+ *
+ * @generated from message classwire.api.events.v1.BookingSeatReserved
+ */
+export type BookingSeatReserved = Message<"classwire.api.events.v1.BookingSeatReserved"> & {
+  /**
+   * The booking; empty when the seat is in every future occurrence of a series.
+   *
+   * @generated from field: string booking_id = 1;
+   */
+  bookingId: string;
+
+  /**
+   * The series, for an occurrence or a series-wide seat.
+   *
+   * @generated from field: string series_id = 2;
+   */
+  seriesId: string;
+
+  /**
+   * The learner.
+   *
+   * @generated from field: string learner_id = 3;
+   */
+  learnerId: string;
+
+  /**
+   * Seats still free (in the booking, or per occurrence of the series).
+   *
+   * @generated from field: int32 seats_available = 4;
+   */
+  seatsAvailable: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.BookingSeatReserved.
+ * Use `create(BookingSeatReservedSchema)` to create a new message.
+ */
+export const BookingSeatReservedSchema: GenMessage<BookingSeatReserved> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 20);
+
+/**
+ * A learner gave a seat back.
+ *
+ * @generated from message classwire.api.events.v1.BookingSeatReleased
+ */
+export type BookingSeatReleased = Message<"classwire.api.events.v1.BookingSeatReleased"> & {
+  /**
+   * The booking; empty when the seat was in every future occurrence of a series.
+   *
+   * @generated from field: string booking_id = 1;
+   */
+  bookingId: string;
+
+  /**
+   * The series, for an occurrence or a series-wide seat.
+   *
+   * @generated from field: string series_id = 2;
+   */
+  seriesId: string;
+
+  /**
+   * The learner.
+   *
+   * @generated from field: string learner_id = 3;
+   */
+  learnerId: string;
+
+  /**
+   * Why, for people.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * The cut-off outcome, as a CutoffOutcome value name.
+   *
+   * @generated from field: string cutoff_outcome = 5;
+   */
+  cutoffOutcome: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.BookingSeatReleased.
+ * Use `create(BookingSeatReleasedSchema)` to create a new message.
+ */
+export const BookingSeatReleasedSchema: GenMessage<BookingSeatReleased> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_scheduling_events, 21);
 

@@ -2,22 +2,315 @@
 // @generated from file classwire/api/events/v1/session_events.proto (package classwire.api.events.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { LeaveReason, ParticipantRole, SessionState, TrackSource } from "../../common/v1/common_pb.js";
+import { file_classwire_api_common_v1_common } from "../../common/v1/common_pb.js";
+import type { Duration, FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file classwire/api/events/v1/session_events.proto.
  */
 export const file_classwire_api_events_v1_session_events: GenFile = /*@__PURE__*/
-  fileDesc("CixjbGFzc3dpcmUvYXBpL2V2ZW50cy92MS9zZXNzaW9uX2V2ZW50cy5wcm90bxIXY2xhc3N3aXJlLmFwaS5ldmVudHMudjEiFAoMU2Vzc2lvbkV2ZW50SgQIARACYgZwcm90bzM");
+  fileDesc("CixjbGFzc3dpcmUvYXBpL2V2ZW50cy92MS9zZXNzaW9uX2V2ZW50cy5wcm90bxIXY2xhc3N3aXJlLmFwaS5ldmVudHMudjEilBQKDFNlc3Npb25FdmVudBJCCg9zZXNzaW9uX2NyZWF0ZWQYASABKAsyJy5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5TZXNzaW9uQ3JlYXRlZEgAEkIKD3Nlc3Npb25fdXBkYXRlZBgCIAEoCzInLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlNlc3Npb25VcGRhdGVkSAASTQoVc2Vzc2lvbl9zdGF0ZV9jaGFuZ2VkGAMgASgLMiwuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuU2Vzc2lvblN0YXRlQ2hhbmdlZEgAEj4KDXNlc3Npb25fZW5kZWQYBCABKAsyJS5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5TZXNzaW9uRW5kZWRIABJGChFzZXNzaW9uX2NhbmNlbGxlZBgFIAEoCzIpLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlNlc3Npb25DYW5jZWxsZWRIABJFChFqb2luX3Rva2VuX2lzc3VlZBgGIAEoCzIoLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkpvaW5Ub2tlbklzc3VlZEgAEkcKEmpvaW5fdG9rZW5fcmV2b2tlZBgHIAEoCzIpLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkpvaW5Ub2tlblJldm9rZWRIABJIChJwYXJ0aWNpcGFudF9qb2luZWQYCiABKAsyKi5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5QYXJ0aWNpcGFudEpvaW5lZEgAElQKGHBhcnRpY2lwYW50X3JlY29ubmVjdGluZxgLIAEoCzIwLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlBhcnRpY2lwYW50UmVjb25uZWN0aW5nSAASSgoTcGFydGljaXBhbnRfcmVzdW1lZBgMIAEoCzIrLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlBhcnRpY2lwYW50UmVzdW1lZEgAEkQKEHBhcnRpY2lwYW50X2xlZnQYDSABKAsyKC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5QYXJ0aWNpcGFudExlZnRIABJKChNwYXJ0aWNpcGFudF93YWl0aW5nGA4gASgLMisuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUGFydGljaXBhbnRXYWl0aW5nSAASTAoUcGFydGljaXBhbnRfYWRtaXR0ZWQYDyABKAsyLC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5QYXJ0aWNpcGFudEFkbWl0dGVkSAASSAoScGFydGljaXBhbnRfZGVuaWVkGBAgASgLMiouY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUGFydGljaXBhbnREZW5pZWRIABJGChFwYXJ0aWNpcGFudF9tdXRlZBgRIAEoCzIpLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlBhcnRpY2lwYW50TXV0ZWRIABJKChNwYXJ0aWNpcGFudF9yZW1vdmVkGBIgASgLMisuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUGFydGljaXBhbnRSZW1vdmVkSAASUwoYcGFydGljaXBhbnRfcm9sZV9jaGFuZ2VkGBMgASgLMi8uY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUGFydGljaXBhbnRSb2xlQ2hhbmdlZEgAEmEKH3BhcnRpY2lwYW50X3Blcm1pc3Npb25zX2NoYW5nZWQYFCABKAsyNi5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5QYXJ0aWNpcGFudFBlcm1pc3Npb25zQ2hhbmdlZEgAEjoKC3Jvb21fbG9ja2VkGB4gASgLMiMuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUm9vbUxvY2tlZEgAEj4KDXJvb21fdW5sb2NrZWQYHyABKAsyJS5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5Sb29tVW5sb2NrZWRIABI6CgtoYW5kX3JhaXNlZBgoIAEoCzIjLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkhhbmRSYWlzZWRIABI8CgxoYW5kX2xvd2VyZWQYKSABKAsyJC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5IYW5kTG93ZXJlZEgAEkkKE2NoYXRfbWVzc2FnZV9wb3N0ZWQYMiABKAsyKi5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5DaGF0TWVzc2FnZVBvc3RlZEgAEksKFGNoYXRfbWVzc2FnZV9kZWxldGVkGDMgASgLMisuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuQ2hhdE1lc3NhZ2VEZWxldGVkSAASPgoNcmVhY3Rpb25fc2VudBg0IAEoCzIlLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlJlYWN0aW9uU2VudEgAEjwKDHBvbGxfY3JlYXRlZBg8IAEoCzIkLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlBvbGxDcmVhdGVkSAASPgoNcG9sbF9hbnN3ZXJlZBg9IAEoCzIlLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlBvbGxBbnN3ZXJlZEgAEjoKC3BvbGxfY2xvc2VkGD4gASgLMiMuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUG9sbENsb3NlZEgAEkQKEGJyZWFrb3V0c19vcGVuZWQYRiABKAsyKC5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5CcmVha291dHNPcGVuZWRIABJXChpicmVha291dF9wYXJ0aWNpcGFudF9tb3ZlZBhHIAEoCzIxLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkJyZWFrb3V0UGFydGljaXBhbnRNb3ZlZEgAEkgKEmJyZWFrb3V0X2Jyb2FkY2FzdBhIIAEoCzIqLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkJyZWFrb3V0QnJvYWRjYXN0SAASRgoRYnJlYWtvdXRzX2Nsb3NpbmcYSSABKAsyKS5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5CcmVha291dHNDbG9zaW5nSAASRAoQYnJlYWtvdXRzX2Nsb3NlZBhKIAEoCzIoLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLkJyZWFrb3V0c0Nsb3NlZEgAElsKHGF0dGVuZGFuY2VfaW50ZXJ2YWxfcmVjb3JkZWQYUCABKAsyMy5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5BdHRlbmRhbmNlSW50ZXJ2YWxSZWNvcmRlZEgAEkwKFGF0dGVuZGFuY2VfZmluYWxpemVkGFEgASgLMiwuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuQXR0ZW5kYW5jZUZpbmFsaXplZEgAQgkKB3BheWxvYWQimQIKDlNlc3Npb25DcmVhdGVkEg0KBXRpdGxlGAEgASgJEhAKCGNsYXNzX2lkGAIgASgJEhEKCWNvdXJzZV9pZBgDIAEoCRI4ChRzY2hlZHVsZWRfc3RhcnRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoSc2NoZWR1bGVkX2VuZF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghjYXBhY2l0eRgGIAEoDRIZChFwYXJlbnRfc2Vzc2lvbl9pZBgHIAEoCRI0CgVzdGF0ZRgIIAEoDjIlLmNsYXNzd2lyZS5hcGkuY29tbW9uLnYxLlNlc3Npb25TdGF0ZSLUAQoOU2Vzc2lvblVwZGF0ZWQSLwoLdXBkYXRlX21hc2sYASABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrEg0KBXRpdGxlGAIgASgJEjgKFHNjaGVkdWxlZF9zdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI2ChJzY2hlZHVsZWRfZW5kX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGNhcGFjaXR5GAUgASgNIooBChNTZXNzaW9uU3RhdGVDaGFuZ2VkEj0KDnByZXZpb3VzX3N0YXRlGAEgASgOMiUuY2xhc3N3aXJlLmFwaS5jb21tb24udjEuU2Vzc2lvblN0YXRlEjQKBXN0YXRlGAIgASgOMiUuY2xhc3N3aXJlLmFwaS5jb21tb24udjEuU2Vzc2lvblN0YXRlIrsBCgxTZXNzaW9uRW5kZWQSOQoGcmVhc29uGAEgASgOMikuY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuU2Vzc2lvbkVuZFJlYXNvbhIPCgdtZXNzYWdlGAIgASgJEi0KCWxpdmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoNbGl2ZV9kdXJhdGlvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIiChBTZXNzaW9uQ2FuY2VsbGVkEg4KBnJlYXNvbhgBIAEoCSK2AQoPSm9pblRva2VuSXNzdWVkEhAKCHRva2VuX2lkGAEgASgJEhYKDnBhcnRpY2lwYW50X2lkGAIgASgJEhAKCGlkZW50aXR5GAMgASgJEjYKBHJvbGUYBCABKA4yKC5jbGFzc3dpcmUuYXBpLmNvbW1vbi52MS5QYXJ0aWNpcGFudFJvbGUSLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjwKEEpvaW5Ub2tlblJldm9rZWQSEAoIdG9rZW5faWQYASABKAkSFgoOcGFydGljaXBhbnRfaWQYAiABKAkinQEKEVBhcnRpY2lwYW50Sm9pbmVkEhYKDnBhcnRpY2lwYW50X2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRI2CgRyb2xlGAQgASgOMiguY2xhc3N3aXJlLmFwaS5jb21tb24udjEuUGFydGljaXBhbnRSb2xlEhAKCHJlam9pbmVkGAUgASgIIn0KF1BhcnRpY2lwYW50UmVjb25uZWN0aW5nEhYKDnBhcnRpY2lwYW50X2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEjgKFHJlc3VtZV9kZWFkbGluZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKVAQoSUGFydGljaXBhbnRSZXN1bWVkEhYKDnBhcnRpY2lwYW50X2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEjgKFWRpc2Nvbm5lY3RlZF9kdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIbChNyZXBsYXllZF9wdXNoX2NvdW50GAQgASgNIo4BCg9QYXJ0aWNpcGFudExlZnQSFgoOcGFydGljaXBhbnRfaWQYASABKAkSEAoIaWRlbnRpdHkYAiABKAkSNAoGcmVhc29uGAMgASgOMiQuY2xhc3N3aXJlLmFwaS5jb21tb24udjEuTGVhdmVSZWFzb24SGwoTbW92ZWRfdG9fc2Vzc2lvbl9pZBgEIAEoCSKMAQoSUGFydGljaXBhbnRXYWl0aW5nEhYKDnBhcnRpY2lwYW50X2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRI2CgRyb2xlGAQgASgOMiguY2xhc3N3aXJlLmFwaS5jb21tb24udjEuUGFydGljaXBhbnRSb2xlIj8KE1BhcnRpY2lwYW50QWRtaXR0ZWQSFgoOcGFydGljaXBhbnRfaWQYASABKAkSEAoIaWRlbnRpdHkYAiABKAkiTgoRUGFydGljaXBhbnREZW5pZWQSFgoOcGFydGljaXBhbnRfaWQYASABKAkSEAoIaWRlbnRpdHkYAiABKAkSDwoHbWVzc2FnZRgDIAEoCSJzChBQYXJ0aWNpcGFudE11dGVkEhYKDnBhcnRpY2lwYW50X2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEjUKB3NvdXJjZXMYAyADKA4yJC5jbGFzc3dpcmUuYXBpLmNvbW1vbi52MS5UcmFja1NvdXJjZSJnChJQYXJ0aWNpcGFudFJlbW92ZWQSFgoOcGFydGljaXBhbnRfaWQYASABKAkSEAoIaWRlbnRpdHkYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRIWCg5yZWpvaW5fYmxvY2tlZBgEIAEoCCKAAgoWUGFydGljaXBhbnRSb2xlQ2hhbmdlZBIWCg5wYXJ0aWNpcGFudF9pZBgBIAEoCRIQCghpZGVudGl0eRgCIAEoCRI/Cg1wcmV2aW91c19yb2xlGAMgASgOMiguY2xhc3N3aXJlLmFwaS5jb21tb24udjEuUGFydGljaXBhbnRSb2xlEjYKBHJvbGUYBCABKA4yKC5jbGFzc3dpcmUuYXBpLmNvbW1vbi52MS5QYXJ0aWNpcGFudFJvbGUSQwoLcGVybWlzc2lvbnMYBSADKA4yLi5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5QYXJ0aWNpcGFudFBlcm1pc3Npb24ijgEKHVBhcnRpY2lwYW50UGVybWlzc2lvbnNDaGFuZ2VkEhYKDnBhcnRpY2lwYW50X2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEkMKC3Blcm1pc3Npb25zGAMgAygOMi4uY2xhc3N3aXJlLmFwaS5ldmVudHMudjEuUGFydGljaXBhbnRQZXJtaXNzaW9uIh0KClJvb21Mb2NrZWQSDwoHbWVzc2FnZRgBIAEoCSIfCgxSb29tVW5sb2NrZWQSDwoHbWVzc2FnZRgBIAEoCSJOCgpIYW5kUmFpc2VkEhYKDnBhcnRpY2lwYW50X2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEhYKDnF1ZXVlX3Bvc2l0aW9uGAMgASgNImsKC0hhbmRMb3dlcmVkEhYKDnBhcnRpY2lwYW50X2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEjIKD3JhaXNlZF9kdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKCAgoRQ2hhdE1lc3NhZ2VQb3N0ZWQSEgoKbWVzc2FnZV9pZBgBIAEoCRIdChVzZW5kZXJfcGFydGljaXBhbnRfaWQYAiABKAkSFwoPc2VuZGVyX2lkZW50aXR5GAMgASgJEhsKE3NlbmRlcl9kaXNwbGF5X25hbWUYBCABKAkSNwoIYXVkaWVuY2UYBSABKA4yJS5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5DaGF0QXVkaWVuY2USIAoYcmVjaXBpZW50X3BhcnRpY2lwYW50X2lkGAYgASgJEgwKBHRleHQYByABKAkSGwoTcmVwbHlfdG9fbWVzc2FnZV9pZBgIIAEoCSIoChJDaGF0TWVzc2FnZURlbGV0ZWQSEgoKbWVzc2FnZV9pZBgBIAEoCSJHCgxSZWFjdGlvblNlbnQSFgoOcGFydGljaXBhbnRfaWQYASABKAkSEAoIaWRlbnRpdHkYAiABKAkSDQoFZW1vamkYAyABKAkikAIKC1BvbGxDcmVhdGVkEg8KB3BvbGxfaWQYASABKAkSEAoIcXVlc3Rpb24YAiABKAkSPAoHb3B0aW9ucxgDIAMoCzIrLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlBvbGxDcmVhdGVkLk9wdGlvbhIaChJjb3JyZWN0X29wdGlvbl9pZHMYBCADKAkSEQoJYW5vbnltb3VzGAUgASgIEhYKDm1heF9zZWxlY3Rpb25zGAYgASgNEi4KCmNsb3NlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGikKBk9wdGlvbhIRCglvcHRpb25faWQYASABKAkSDAoEdGV4dBgCIAEoCSKOAQoMUG9sbEFuc3dlcmVkEg8KB3BvbGxfaWQYASABKAkSFgoOcGFydGljaXBhbnRfaWQYAiABKAkSEAoIaWRlbnRpdHkYAyABKAkSEgoKb3B0aW9uX2lkcxgEIAMoCRIZChFyZXBsYWNlZF9wcmV2aW91cxgFIAEoCBIUCgxhbnN3ZXJfY291bnQYBiABKA0ikAMKClBvbGxDbG9zZWQSDwoHcG9sbF9pZBgBIAEoCRI6CgZyZWFzb24YAiABKA4yKi5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5Qb2xsQ2xvc2VkLlJlYXNvbhIUCgxhbnN3ZXJfY291bnQYAyABKA0SFgoOZWxpZ2libGVfY291bnQYBCABKA0SQQoHb3B0aW9ucxgFIAMoCzIwLmNsYXNzd2lyZS5hcGkuZXZlbnRzLnYxLlBvbGxDbG9zZWQuT3B0aW9uUmVzdWx0EhUKDWNvcnJlY3RfY291bnQYBiABKA0aQQoMT3B0aW9uUmVzdWx0EhEKCW9wdGlvbl9pZBgBIAEoCRINCgVjb3VudBgCIAEoDRIPCgdjb3JyZWN0GAMgASgIImoKBlJlYXNvbhIWChJSRUFTT05fVU5TUEVDSUZJRUQQABIUChBSRUFTT05fUkVRVUVTVEVEEAESGAoUUkVBU09OX1RJTUVSX0VYUElSRUQQAhIYChRSRUFTT05fU0VTU0lPTl9FTkRFRBADIsIBCg9CcmVha291dHNPcGVuZWQSPAoFcm9vbXMYASADKAsyLS5jbGFzc3dpcmUuYXBpLmV2ZW50cy52MS5CcmVha291dHNPcGVuZWQuUm9vbRIuCgpjbG9zZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBpBCgRSb29tEhIKCnNlc3Npb25faWQYASABKAkSDAoEbmFtZRgCIAEoCRIXCg9wYXJ0aWNpcGFudF9pZHMYAyADKAkidAoYQnJlYWtvdXRQYXJ0aWNpcGFudE1vdmVkEhYKDnBhcnRpY2lwYW50X2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEhcKD2Zyb21fc2Vzc2lvbl9pZBgDIAEoCRIVCg10b19zZXNzaW9uX2lkGAQgASgJIjYKEUJyZWFrb3V0QnJvYWRjYXN0EgwKBHRleHQYASABKAkSEwoLc2Vzc2lvbl9pZHMYAiADKAkicAoQQnJlYWtvdXRzQ2xvc2luZxIsCgljb3VudGRvd24YASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoKY2xvc2VfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiJgoPQnJlYWtvdXRzQ2xvc2VkEhMKC3Nlc3Npb25faWRzGAEgAygJIpkCChpBdHRlbmRhbmNlSW50ZXJ2YWxSZWNvcmRlZBIWCg5wYXJ0aWNpcGFudF9pZBgBIAEoCRIQCghpZGVudGl0eRgCIAEoCRI2CgRyb2xlGAMgASgOMiguY2xhc3N3aXJlLmFwaS5jb21tb24udjEuUGFydGljaXBhbnRSb2xlEi0KCWpvaW5fdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKbGVhdmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOgoMbGVhdmVfcmVhc29uGAYgASgOMiQuY2xhc3N3aXJlLmFwaS5jb21tb24udjEuTGVhdmVSZWFzb24iXwoTQXR0ZW5kYW5jZUZpbmFsaXplZBIZChFwYXJ0aWNpcGFudF9jb3VudBgBIAEoDRISCgpsYXRlX2NvdW50GAIgASgNEhkKEWVhcmx5X2xlYXZlX2NvdW50GAMgASgNKvcBChBTZXNzaW9uRW5kUmVhc29uEiIKHlNFU1NJT05fRU5EX1JFQVNPTl9VTlNQRUNJRklFRBAAEiAKHFNFU1NJT05fRU5EX1JFQVNPTl9SRVFVRVNURUQQARIpCiVTRVNTSU9OX0VORF9SRUFTT05fRU1QVFlfUk9PTV9USU1FT1VUEAISJAogU0VTU0lPTl9FTkRfUkVBU09OX09WRVJSVU5fTElNSVQQAxInCiNTRVNTSU9OX0VORF9SRUFTT05fQlJFQUtPVVRTX0NMT1NFRBAEEiMKH1NFU1NJT05fRU5EX1JFQVNPTl9QQVJFTlRfRU5ERUQQBSqHAQoMQ2hhdEF1ZGllbmNlEh0KGUNIQVRfQVVESUVOQ0VfVU5TUEVDSUZJRUQQABIaChZDSEFUX0FVRElFTkNFX0VWRVJZT05FEAESHQoZQ0hBVF9BVURJRU5DRV9JTlNUUlVDVE9SUxACEh0KGUNIQVRfQVVESUVOQ0VfUEFSVElDSVBBTlQQAyrHAwoVUGFydGljaXBhbnRQZXJtaXNzaW9uEiYKIlBBUlRJQ0lQQU5UX1BFUk1JU1NJT05fVU5TUEVDSUZJRUQQABIoCiRQQVJUSUNJUEFOVF9QRVJNSVNTSU9OX1BVQkxJU0hfQVVESU8QARIoCiRQQVJUSUNJUEFOVF9QRVJNSVNTSU9OX1BVQkxJU0hfVklERU8QAhIpCiVQQVJUSUNJUEFOVF9QRVJNSVNTSU9OX1BVQkxJU0hfU0NSRUVOEAMSHwobUEFSVElDSVBBTlRfUEVSTUlTU0lPTl9DSEFUEAQSIAocUEFSVElDSVBBTlRfUEVSTUlTU0lPTl9SRUFDVBAFEiUKIVBBUlRJQ0lQQU5UX1BFUk1JU1NJT05fUkFJU0VfSEFORBAGEicKI1BBUlRJQ0lQQU5UX1BFUk1JU1NJT05fQU5TV0VSX1BPTExTEAcSIwofUEFSVElDSVBBTlRfUEVSTUlTU0lPTl9NT0RFUkFURRAIEicKI1BBUlRJQ0lQQU5UX1BFUk1JU1NJT05fTUFOQUdFX01FRElBEAkSJgoiUEFSVElDSVBBTlRfUEVSTUlTU0lPTl9FTkRfU0VTU0lPThAKYgZwcm90bzM", [file_classwire_api_common_v1_common, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
- * Events owned by the session area.
+ * Events owned by the session area: the live classroom's lifecycle, its participants and every
+ * classroom interaction. They are written to the session's log (Event.session_id is the session,
+ * or the breakout room, that changed) and delivered through WatchSession, WatchEvents, webhooks
+ * and, filtered to what each participant may see, the participant connection.
  *
  * @generated from message classwire.api.events.v1.SessionEvent
  */
 export type SessionEvent = Message<"classwire.api.events.v1.SessionEvent"> & {
+  /**
+   * What happened. The Event envelope's `type` is the fully-qualified name of the message set here.
+   *
+   * @generated from oneof classwire.api.events.v1.SessionEvent.payload
+   */
+  payload: {
+    /**
+     * A session was created.
+     *
+     * @generated from field: classwire.api.events.v1.SessionCreated session_created = 1;
+     */
+    value: SessionCreated;
+    case: "sessionCreated";
+  } | {
+    /**
+     * A session's title, schedule, capacity or settings changed.
+     *
+     * @generated from field: classwire.api.events.v1.SessionUpdated session_updated = 2;
+     */
+    value: SessionUpdated;
+    case: "sessionUpdated";
+  } | {
+    /**
+     * A session moved from one lifecycle state to another.
+     *
+     * @generated from field: classwire.api.events.v1.SessionStateChanged session_state_changed = 3;
+     */
+    value: SessionStateChanged;
+    case: "sessionStateChanged";
+  } | {
+    /**
+     * A session ended (terminal), with the reason.
+     *
+     * @generated from field: classwire.api.events.v1.SessionEnded session_ended = 4;
+     */
+    value: SessionEnded;
+    case: "sessionEnded";
+  } | {
+    /**
+     * A session was called off before it went live (terminal).
+     *
+     * @generated from field: classwire.api.events.v1.SessionCancelled session_cancelled = 5;
+     */
+    value: SessionCancelled;
+    case: "sessionCancelled";
+  } | {
+    /**
+     * A join token was issued for an identity.
+     *
+     * @generated from field: classwire.api.events.v1.JoinTokenIssued join_token_issued = 6;
+     */
+    value: JoinTokenIssued;
+    case: "joinTokenIssued";
+  } | {
+    /**
+     * A join token was revoked.
+     *
+     * @generated from field: classwire.api.events.v1.JoinTokenRevoked join_token_revoked = 7;
+     */
+    value: JoinTokenRevoked;
+    case: "joinTokenRevoked";
+  } | {
+    /**
+     * A participant joined the room (first connection, or a fresh join after leaving).
+     *
+     * @generated from field: classwire.api.events.v1.ParticipantJoined participant_joined = 10;
+     */
+    value: ParticipantJoined;
+    case: "participantJoined";
+  } | {
+    /**
+     * A participant's connection dropped without a leave; the reconnection grace window runs.
+     *
+     * @generated from field: classwire.api.events.v1.ParticipantReconnecting participant_reconnecting = 11;
+     */
+    value: ParticipantReconnecting;
+    case: "participantReconnecting";
+  } | {
+    /**
+     * A reconnecting participant resumed inside the grace window (not a new join).
+     *
+     * @generated from field: classwire.api.events.v1.ParticipantResumed participant_resumed = 12;
+     */
+    value: ParticipantResumed;
+    case: "participantResumed";
+  } | {
+    /**
+     * A participant left the room, with the reason.
+     *
+     * @generated from field: classwire.api.events.v1.ParticipantLeft participant_left = 13;
+     */
+    value: ParticipantLeft;
+    case: "participantLeft";
+  } | {
+    /**
+     * A participant is in the waiting room.
+     *
+     * @generated from field: classwire.api.events.v1.ParticipantWaiting participant_waiting = 14;
+     */
+    value: ParticipantWaiting;
+    case: "participantWaiting";
+  } | {
+    /**
+     * A waiting participant was admitted.
+     *
+     * @generated from field: classwire.api.events.v1.ParticipantAdmitted participant_admitted = 15;
+     */
+    value: ParticipantAdmitted;
+    case: "participantAdmitted";
+  } | {
+    /**
+     * A waiting participant was denied entry.
+     *
+     * @generated from field: classwire.api.events.v1.ParticipantDenied participant_denied = 16;
+     */
+    value: ParticipantDenied;
+    case: "participantDenied";
+  } | {
+    /**
+     * A moderator muted a participant's published tracks.
+     *
+     * @generated from field: classwire.api.events.v1.ParticipantMuted participant_muted = 17;
+     */
+    value: ParticipantMuted;
+    case: "participantMuted";
+  } | {
+    /**
+     * A moderator removed a participant; its tokens no longer admit it.
+     *
+     * @generated from field: classwire.api.events.v1.ParticipantRemoved participant_removed = 18;
+     */
+    value: ParticipantRemoved;
+    case: "participantRemoved";
+  } | {
+    /**
+     * A participant's role changed (promotion or demotion).
+     *
+     * @generated from field: classwire.api.events.v1.ParticipantRoleChanged participant_role_changed = 19;
+     */
+    value: ParticipantRoleChanged;
+    case: "participantRoleChanged";
+  } | {
+    /**
+     * A participant's permission overrides changed.
+     *
+     * @generated from field: classwire.api.events.v1.ParticipantPermissionsChanged participant_permissions_changed = 20;
+     */
+    value: ParticipantPermissionsChanged;
+    case: "participantPermissionsChanged";
+  } | {
+    /**
+     * The room was locked: no new participant may join.
+     *
+     * @generated from field: classwire.api.events.v1.RoomLocked room_locked = 30;
+     */
+    value: RoomLocked;
+    case: "roomLocked";
+  } | {
+    /**
+     * The room was unlocked.
+     *
+     * @generated from field: classwire.api.events.v1.RoomUnlocked room_unlocked = 31;
+     */
+    value: RoomUnlocked;
+    case: "roomUnlocked";
+  } | {
+    /**
+     * A participant raised their hand and joined the queue.
+     *
+     * @generated from field: classwire.api.events.v1.HandRaised hand_raised = 40;
+     */
+    value: HandRaised;
+    case: "handRaised";
+  } | {
+    /**
+     * A participant's hand was lowered (by themselves or a moderator).
+     *
+     * @generated from field: classwire.api.events.v1.HandLowered hand_lowered = 41;
+     */
+    value: HandLowered;
+    case: "handLowered";
+  } | {
+    /**
+     * A chat message was posted.
+     *
+     * @generated from field: classwire.api.events.v1.ChatMessagePosted chat_message_posted = 50;
+     */
+    value: ChatMessagePosted;
+    case: "chatMessagePosted";
+  } | {
+    /**
+     * A chat message was deleted by a moderator.
+     *
+     * @generated from field: classwire.api.events.v1.ChatMessageDeleted chat_message_deleted = 51;
+     */
+    value: ChatMessageDeleted;
+    case: "chatMessageDeleted";
+  } | {
+    /**
+     * A participant sent a reaction.
+     *
+     * @generated from field: classwire.api.events.v1.ReactionSent reaction_sent = 52;
+     */
+    value: ReactionSent;
+    case: "reactionSent";
+  } | {
+    /**
+     * A poll or quiz was opened.
+     *
+     * @generated from field: classwire.api.events.v1.PollCreated poll_created = 60;
+     */
+    value: PollCreated;
+    case: "pollCreated";
+  } | {
+    /**
+     * A participant answered a poll (or changed their answer).
+     *
+     * @generated from field: classwire.api.events.v1.PollAnswered poll_answered = 61;
+     */
+    value: PollAnswered;
+    case: "pollAnswered";
+  } | {
+    /**
+     * A poll was closed, with its final results.
+     *
+     * @generated from field: classwire.api.events.v1.PollClosed poll_closed = 62;
+     */
+    value: PollClosed;
+    case: "pollClosed";
+  } | {
+    /**
+     * Breakout rooms were opened.
+     *
+     * @generated from field: classwire.api.events.v1.BreakoutsOpened breakouts_opened = 70;
+     */
+    value: BreakoutsOpened;
+    case: "breakoutsOpened";
+  } | {
+    /**
+     * A participant was moved between the main room and a breakout room, or between breakouts.
+     *
+     * @generated from field: classwire.api.events.v1.BreakoutParticipantMoved breakout_participant_moved = 71;
+     */
+    value: BreakoutParticipantMoved;
+    case: "breakoutParticipantMoved";
+  } | {
+    /**
+     * A message was broadcast to every breakout room.
+     *
+     * @generated from field: classwire.api.events.v1.BreakoutBroadcast breakout_broadcast = 72;
+     */
+    value: BreakoutBroadcast;
+    case: "breakoutBroadcast";
+  } | {
+    /**
+     * Breakout rooms are closing: the countdown started.
+     *
+     * @generated from field: classwire.api.events.v1.BreakoutsClosing breakouts_closing = 73;
+     */
+    value: BreakoutsClosing;
+    case: "breakoutsClosing";
+  } | {
+    /**
+     * Breakout rooms closed; everyone is back in the main room.
+     *
+     * @generated from field: classwire.api.events.v1.BreakoutsClosed breakouts_closed = 74;
+     */
+    value: BreakoutsClosed;
+    case: "breakoutsClosed";
+  } | {
+    /**
+     * One attendance interval of a participant closed (join to leave).
+     *
+     * @generated from field: classwire.api.events.v1.AttendanceIntervalRecorded attendance_interval_recorded = 80;
+     */
+    value: AttendanceIntervalRecorded;
+    case: "attendanceIntervalRecorded";
+  } | {
+    /**
+     * The session ended and its attendance is final.
+     *
+     * @generated from field: classwire.api.events.v1.AttendanceFinalized attendance_finalized = 81;
+     */
+    value: AttendanceFinalized;
+    case: "attendanceFinalized";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -26,4 +319,1718 @@ export type SessionEvent = Message<"classwire.api.events.v1.SessionEvent"> & {
  */
 export const SessionEventSchema: GenMessage<SessionEvent> = /*@__PURE__*/
   messageDesc(file_classwire_api_events_v1_session_events, 0);
+
+/**
+ * A session was created.
+ *
+ * @generated from message classwire.api.events.v1.SessionCreated
+ */
+export type SessionCreated = Message<"classwire.api.events.v1.SessionCreated"> & {
+  /**
+   * Title shown to participants.
+   *
+   * @generated from field: string title = 1;
+   */
+  title: string;
+
+  /**
+   * The roster class the session belongs to, if any.
+   *
+   * @generated from field: string class_id = 2;
+   */
+  classId: string;
+
+  /**
+   * The roster course the session belongs to, if any.
+   *
+   * @generated from field: string course_id = 3;
+   */
+  courseId: string;
+
+  /**
+   * Scheduled start.
+   *
+   * @generated from field: google.protobuf.Timestamp scheduled_start_time = 4;
+   */
+  scheduledStartTime?: Timestamp | undefined;
+
+  /**
+   * Scheduled end.
+   *
+   * @generated from field: google.protobuf.Timestamp scheduled_end_time = 5;
+   */
+  scheduledEndTime?: Timestamp | undefined;
+
+  /**
+   * Maximum number of participants in the room at once (instructors always get in); 0 is unlimited.
+   *
+   * @generated from field: uint32 capacity = 6;
+   */
+  capacity: number;
+
+  /**
+   * The parent session when this session is a breakout room, else empty.
+   *
+   * @generated from field: string parent_session_id = 7;
+   */
+  parentSessionId: string;
+
+  /**
+   * The state the session starts in (SCHEDULED, or OPEN when its join window is already open).
+   *
+   * @generated from field: classwire.api.common.v1.SessionState state = 8;
+   */
+  state: SessionState;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SessionCreated.
+ * Use `create(SessionCreatedSchema)` to create a new message.
+ */
+export const SessionCreatedSchema: GenMessage<SessionCreated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 1);
+
+/**
+ * A session's title, schedule, capacity or settings changed.
+ *
+ * @generated from message classwire.api.events.v1.SessionUpdated
+ */
+export type SessionUpdated = Message<"classwire.api.events.v1.SessionUpdated"> & {
+  /**
+   * The fields of `classwire.api.session.v1.Session` that changed.
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 1;
+   */
+  updateMask?: FieldMask | undefined;
+
+  /**
+   * Title after the update.
+   *
+   * @generated from field: string title = 2;
+   */
+  title: string;
+
+  /**
+   * Scheduled start after the update.
+   *
+   * @generated from field: google.protobuf.Timestamp scheduled_start_time = 3;
+   */
+  scheduledStartTime?: Timestamp | undefined;
+
+  /**
+   * Scheduled end after the update.
+   *
+   * @generated from field: google.protobuf.Timestamp scheduled_end_time = 4;
+   */
+  scheduledEndTime?: Timestamp | undefined;
+
+  /**
+   * Capacity after the update; 0 is unlimited.
+   *
+   * @generated from field: uint32 capacity = 5;
+   */
+  capacity: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SessionUpdated.
+ * Use `create(SessionUpdatedSchema)` to create a new message.
+ */
+export const SessionUpdatedSchema: GenMessage<SessionUpdated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 2);
+
+/**
+ * A session moved from one lifecycle state to another (SCHEDULED -> OPEN -> LIVE). The terminal
+ * moves are also described by `SessionEnded` and `SessionCancelled`.
+ *
+ * @generated from message classwire.api.events.v1.SessionStateChanged
+ */
+export type SessionStateChanged = Message<"classwire.api.events.v1.SessionStateChanged"> & {
+  /**
+   * The state before.
+   *
+   * @generated from field: classwire.api.common.v1.SessionState previous_state = 1;
+   */
+  previousState: SessionState;
+
+  /**
+   * The state after.
+   *
+   * @generated from field: classwire.api.common.v1.SessionState state = 2;
+   */
+  state: SessionState;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SessionStateChanged.
+ * Use `create(SessionStateChangedSchema)` to create a new message.
+ */
+export const SessionStateChangedSchema: GenMessage<SessionStateChanged> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 3);
+
+/**
+ * A session ended. Everyone was disconnected with LEAVE_REASON_SESSION_ENDED.
+ *
+ * @generated from message classwire.api.events.v1.SessionEnded
+ */
+export type SessionEnded = Message<"classwire.api.events.v1.SessionEnded"> & {
+  /**
+   * Why it ended.
+   *
+   * @generated from field: classwire.api.events.v1.SessionEndReason reason = 1;
+   */
+  reason: SessionEndReason;
+
+  /**
+   * Free text given with EndSession, if any.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+
+  /**
+   * When the session went live, if it did.
+   *
+   * @generated from field: google.protobuf.Timestamp live_time = 3;
+   */
+  liveTime?: Timestamp | undefined;
+
+  /**
+   * How long it was live.
+   *
+   * @generated from field: google.protobuf.Duration live_duration = 4;
+   */
+  liveDuration?: Duration | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SessionEnded.
+ * Use `create(SessionEndedSchema)` to create a new message.
+ */
+export const SessionEndedSchema: GenMessage<SessionEnded> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 4);
+
+/**
+ * A session was called off before it went live.
+ *
+ * @generated from message classwire.api.events.v1.SessionCancelled
+ */
+export type SessionCancelled = Message<"classwire.api.events.v1.SessionCancelled"> & {
+  /**
+   * Free text given with CancelSession, if any.
+   *
+   * @generated from field: string reason = 1;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.SessionCancelled.
+ * Use `create(SessionCancelledSchema)` to create a new message.
+ */
+export const SessionCancelledSchema: GenMessage<SessionCancelled> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 5);
+
+/**
+ * A join token was issued. The token itself is never part of an event.
+ *
+ * @generated from message classwire.api.events.v1.JoinTokenIssued
+ */
+export type JoinTokenIssued = Message<"classwire.api.events.v1.JoinTokenIssued"> & {
+  /**
+   * Id of the token, for revocation.
+   *
+   * @generated from field: string token_id = 1;
+   */
+  tokenId: string;
+
+  /**
+   * The participant the token admits.
+   *
+   * @generated from field: string participant_id = 2;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 3;
+   */
+  identity: string;
+
+  /**
+   * The role the token grants.
+   *
+   * @generated from field: classwire.api.common.v1.ParticipantRole role = 4;
+   */
+  role: ParticipantRole;
+
+  /**
+   * When the token stops admitting.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 5;
+   */
+  expireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.JoinTokenIssued.
+ * Use `create(JoinTokenIssuedSchema)` to create a new message.
+ */
+export const JoinTokenIssuedSchema: GenMessage<JoinTokenIssued> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 6);
+
+/**
+ * A join token was revoked (explicitly, or because its participant was removed).
+ *
+ * @generated from message classwire.api.events.v1.JoinTokenRevoked
+ */
+export type JoinTokenRevoked = Message<"classwire.api.events.v1.JoinTokenRevoked"> & {
+  /**
+   * Id of the token.
+   *
+   * @generated from field: string token_id = 1;
+   */
+  tokenId: string;
+
+  /**
+   * The participant the token admitted.
+   *
+   * @generated from field: string participant_id = 2;
+   */
+  participantId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.JoinTokenRevoked.
+ * Use `create(JoinTokenRevokedSchema)` to create a new message.
+ */
+export const JoinTokenRevokedSchema: GenMessage<JoinTokenRevoked> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 7);
+
+/**
+ * A participant joined the room.
+ *
+ * @generated from message classwire.api.events.v1.ParticipantJoined
+ */
+export type ParticipantJoined = Message<"classwire.api.events.v1.ParticipantJoined"> & {
+  /**
+   * The participant, stable for an identity within a session.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * Name shown to others.
+   *
+   * @generated from field: string display_name = 3;
+   */
+  displayName: string;
+
+  /**
+   * The participant's role.
+   *
+   * @generated from field: classwire.api.common.v1.ParticipantRole role = 4;
+   */
+  role: ParticipantRole;
+
+  /**
+   * True when the participant had joined this session before and left; attendance opens a new
+   * interval.
+   *
+   * @generated from field: bool rejoined = 5;
+   */
+  rejoined: boolean;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ParticipantJoined.
+ * Use `create(ParticipantJoinedSchema)` to create a new message.
+ */
+export const ParticipantJoinedSchema: GenMessage<ParticipantJoined> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 8);
+
+/**
+ * A participant's connection dropped without a leave.
+ *
+ * @generated from message classwire.api.events.v1.ParticipantReconnecting
+ */
+export type ParticipantReconnecting = Message<"classwire.api.events.v1.ParticipantReconnecting"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * When the grace window closes; after it the participant has left with
+   * LEAVE_REASON_CONNECTION_LOST.
+   *
+   * @generated from field: google.protobuf.Timestamp resume_deadline_time = 3;
+   */
+  resumeDeadlineTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ParticipantReconnecting.
+ * Use `create(ParticipantReconnectingSchema)` to create a new message.
+ */
+export const ParticipantReconnectingSchema: GenMessage<ParticipantReconnecting> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 9);
+
+/**
+ * A reconnecting participant resumed with its resume token inside the grace window.
+ *
+ * @generated from message classwire.api.events.v1.ParticipantResumed
+ */
+export type ParticipantResumed = Message<"classwire.api.events.v1.ParticipantResumed"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * How long the participant was disconnected.
+   *
+   * @generated from field: google.protobuf.Duration disconnected_duration = 3;
+   */
+  disconnectedDuration?: Duration | undefined;
+
+  /**
+   * Number of pushes replayed to the participant on resume.
+   *
+   * @generated from field: uint32 replayed_push_count = 4;
+   */
+  replayedPushCount: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ParticipantResumed.
+ * Use `create(ParticipantResumedSchema)` to create a new message.
+ */
+export const ParticipantResumedSchema: GenMessage<ParticipantResumed> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 10);
+
+/**
+ * A participant left the room.
+ *
+ * @generated from message classwire.api.events.v1.ParticipantLeft
+ */
+export type ParticipantLeft = Message<"classwire.api.events.v1.ParticipantLeft"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * Why it left.
+   *
+   * @generated from field: classwire.api.common.v1.LeaveReason reason = 3;
+   */
+  reason: LeaveReason;
+
+  /**
+   * With LEAVE_REASON_MOVED: the room (session id) it moved to.
+   *
+   * @generated from field: string moved_to_session_id = 4;
+   */
+  movedToSessionId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ParticipantLeft.
+ * Use `create(ParticipantLeftSchema)` to create a new message.
+ */
+export const ParticipantLeftSchema: GenMessage<ParticipantLeft> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 11);
+
+/**
+ * A participant is in the waiting room (the session has a waiting room, or learners may not join
+ * before the instructor).
+ *
+ * @generated from message classwire.api.events.v1.ParticipantWaiting
+ */
+export type ParticipantWaiting = Message<"classwire.api.events.v1.ParticipantWaiting"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * Name shown to moderators.
+   *
+   * @generated from field: string display_name = 3;
+   */
+  displayName: string;
+
+  /**
+   * The participant's role.
+   *
+   * @generated from field: classwire.api.common.v1.ParticipantRole role = 4;
+   */
+  role: ParticipantRole;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ParticipantWaiting.
+ * Use `create(ParticipantWaitingSchema)` to create a new message.
+ */
+export const ParticipantWaitingSchema: GenMessage<ParticipantWaiting> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 12);
+
+/**
+ * A waiting participant was admitted (by a moderator, or automatically when the instructor arrived).
+ *
+ * @generated from message classwire.api.events.v1.ParticipantAdmitted
+ */
+export type ParticipantAdmitted = Message<"classwire.api.events.v1.ParticipantAdmitted"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ParticipantAdmitted.
+ * Use `create(ParticipantAdmittedSchema)` to create a new message.
+ */
+export const ParticipantAdmittedSchema: GenMessage<ParticipantAdmitted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 13);
+
+/**
+ * A waiting participant was denied entry; it leaves with LEAVE_REASON_DENIED.
+ *
+ * @generated from message classwire.api.events.v1.ParticipantDenied
+ */
+export type ParticipantDenied = Message<"classwire.api.events.v1.ParticipantDenied"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * Free text shown to the participant, if any.
+   *
+   * @generated from field: string message = 3;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ParticipantDenied.
+ * Use `create(ParticipantDeniedSchema)` to create a new message.
+ */
+export const ParticipantDeniedSchema: GenMessage<ParticipantDenied> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 14);
+
+/**
+ * A moderator muted a participant's published tracks.
+ *
+ * @generated from message classwire.api.events.v1.ParticipantMuted
+ */
+export type ParticipantMuted = Message<"classwire.api.events.v1.ParticipantMuted"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * The kinds of track muted.
+   *
+   * @generated from field: repeated classwire.api.common.v1.TrackSource sources = 3;
+   */
+  sources: TrackSource[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ParticipantMuted.
+ * Use `create(ParticipantMutedSchema)` to create a new message.
+ */
+export const ParticipantMutedSchema: GenMessage<ParticipantMuted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 15);
+
+/**
+ * A moderator removed a participant. It leaves with LEAVE_REASON_REMOVED and its tokens are revoked.
+ *
+ * @generated from message classwire.api.events.v1.ParticipantRemoved
+ */
+export type ParticipantRemoved = Message<"classwire.api.events.v1.ParticipantRemoved"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * Free text shown to the participant, if any.
+   *
+   * @generated from field: string message = 3;
+   */
+  message: string;
+
+  /**
+   * True when tokens issued later for the same identity are refused too.
+   *
+   * @generated from field: bool rejoin_blocked = 4;
+   */
+  rejoinBlocked: boolean;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ParticipantRemoved.
+ * Use `create(ParticipantRemovedSchema)` to create a new message.
+ */
+export const ParticipantRemovedSchema: GenMessage<ParticipantRemoved> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 16);
+
+/**
+ * A participant's role changed.
+ *
+ * @generated from message classwire.api.events.v1.ParticipantRoleChanged
+ */
+export type ParticipantRoleChanged = Message<"classwire.api.events.v1.ParticipantRoleChanged"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * The role before.
+   *
+   * @generated from field: classwire.api.common.v1.ParticipantRole previous_role = 3;
+   */
+  previousRole: ParticipantRole;
+
+  /**
+   * The role after.
+   *
+   * @generated from field: classwire.api.common.v1.ParticipantRole role = 4;
+   */
+  role: ParticipantRole;
+
+  /**
+   * The participant's effective permissions after the change.
+   *
+   * @generated from field: repeated classwire.api.events.v1.ParticipantPermission permissions = 5;
+   */
+  permissions: ParticipantPermission[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ParticipantRoleChanged.
+ * Use `create(ParticipantRoleChangedSchema)` to create a new message.
+ */
+export const ParticipantRoleChangedSchema: GenMessage<ParticipantRoleChanged> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 17);
+
+/**
+ * A participant's permission overrides changed.
+ *
+ * @generated from message classwire.api.events.v1.ParticipantPermissionsChanged
+ */
+export type ParticipantPermissionsChanged = Message<"classwire.api.events.v1.ParticipantPermissionsChanged"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * The participant's effective permissions after the change.
+   *
+   * @generated from field: repeated classwire.api.events.v1.ParticipantPermission permissions = 3;
+   */
+  permissions: ParticipantPermission[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ParticipantPermissionsChanged.
+ * Use `create(ParticipantPermissionsChangedSchema)` to create a new message.
+ */
+export const ParticipantPermissionsChangedSchema: GenMessage<ParticipantPermissionsChanged> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 18);
+
+/**
+ * The room was locked: joins of participants who have never joined are refused; participants
+ * who already joined may still reconnect and rejoin.
+ *
+ * @generated from message classwire.api.events.v1.RoomLocked
+ */
+export type RoomLocked = Message<"classwire.api.events.v1.RoomLocked"> & {
+  /**
+   * Free text shown to participants, if any.
+   *
+   * @generated from field: string message = 1;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RoomLocked.
+ * Use `create(RoomLockedSchema)` to create a new message.
+ */
+export const RoomLockedSchema: GenMessage<RoomLocked> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 19);
+
+/**
+ * The room was unlocked.
+ *
+ * @generated from message classwire.api.events.v1.RoomUnlocked
+ */
+export type RoomUnlocked = Message<"classwire.api.events.v1.RoomUnlocked"> & {
+  /**
+   * Free text shown to participants, if any.
+   *
+   * @generated from field: string message = 1;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.RoomUnlocked.
+ * Use `create(RoomUnlockedSchema)` to create a new message.
+ */
+export const RoomUnlockedSchema: GenMessage<RoomUnlocked> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 20);
+
+/**
+ * A participant raised their hand.
+ *
+ * @generated from message classwire.api.events.v1.HandRaised
+ */
+export type HandRaised = Message<"classwire.api.events.v1.HandRaised"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * 1-based position in the hand queue (ordered by raise time).
+   *
+   * @generated from field: uint32 queue_position = 3;
+   */
+  queuePosition: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.HandRaised.
+ * Use `create(HandRaisedSchema)` to create a new message.
+ */
+export const HandRaisedSchema: GenMessage<HandRaised> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 21);
+
+/**
+ * A participant's hand was lowered. Lowering all hands emits one HandLowered per raised hand,
+ * in queue order.
+ *
+ * @generated from message classwire.api.events.v1.HandLowered
+ */
+export type HandLowered = Message<"classwire.api.events.v1.HandLowered"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * How long the hand was up.
+   *
+   * @generated from field: google.protobuf.Duration raised_duration = 3;
+   */
+  raisedDuration?: Duration | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.HandLowered.
+ * Use `create(HandLoweredSchema)` to create a new message.
+ */
+export const HandLoweredSchema: GenMessage<HandLowered> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 22);
+
+/**
+ * A chat message was posted. Delivered to participants according to its audience.
+ *
+ * @generated from message classwire.api.events.v1.ChatMessagePosted
+ */
+export type ChatMessagePosted = Message<"classwire.api.events.v1.ChatMessagePosted"> & {
+  /**
+   * Id of the message.
+   *
+   * @generated from field: string message_id = 1;
+   */
+  messageId: string;
+
+  /**
+   * The sending participant; empty when a backend service posted.
+   *
+   * @generated from field: string sender_participant_id = 2;
+   */
+  senderParticipantId: string;
+
+  /**
+   * The sender's identity; empty when a backend service posted.
+   *
+   * @generated from field: string sender_identity = 3;
+   */
+  senderIdentity: string;
+
+  /**
+   * The sender's display name (or the name a backend service gave).
+   *
+   * @generated from field: string sender_display_name = 4;
+   */
+  senderDisplayName: string;
+
+  /**
+   * Who may read it.
+   *
+   * @generated from field: classwire.api.events.v1.ChatAudience audience = 5;
+   */
+  audience: ChatAudience;
+
+  /**
+   * With CHAT_AUDIENCE_PARTICIPANT: the recipient.
+   *
+   * @generated from field: string recipient_participant_id = 6;
+   */
+  recipientParticipantId: string;
+
+  /**
+   * The text (plain UTF-8, at most 4,000 characters).
+   *
+   * @generated from field: string text = 7;
+   */
+  text: string;
+
+  /**
+   * The message this one replies to, if any.
+   *
+   * @generated from field: string reply_to_message_id = 8;
+   */
+  replyToMessageId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ChatMessagePosted.
+ * Use `create(ChatMessagePostedSchema)` to create a new message.
+ */
+export const ChatMessagePostedSchema: GenMessage<ChatMessagePosted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 23);
+
+/**
+ * A chat message was deleted.
+ *
+ * @generated from message classwire.api.events.v1.ChatMessageDeleted
+ */
+export type ChatMessageDeleted = Message<"classwire.api.events.v1.ChatMessageDeleted"> & {
+  /**
+   * Id of the message.
+   *
+   * @generated from field: string message_id = 1;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ChatMessageDeleted.
+ * Use `create(ChatMessageDeletedSchema)` to create a new message.
+ */
+export const ChatMessageDeletedSchema: GenMessage<ChatMessageDeleted> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 24);
+
+/**
+ * A participant sent a reaction.
+ *
+ * @generated from message classwire.api.events.v1.ReactionSent
+ */
+export type ReactionSent = Message<"classwire.api.events.v1.ReactionSent"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * The reaction: one Unicode emoji (for example "👍").
+   *
+   * @generated from field: string emoji = 3;
+   */
+  emoji: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.ReactionSent.
+ * Use `create(ReactionSentSchema)` to create a new message.
+ */
+export const ReactionSentSchema: GenMessage<ReactionSent> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 25);
+
+/**
+ * A poll or quiz was opened. The correct answers are part of the log, but never pushed to
+ * learners before the poll closes.
+ *
+ * @generated from message classwire.api.events.v1.PollCreated
+ */
+export type PollCreated = Message<"classwire.api.events.v1.PollCreated"> & {
+  /**
+   * Id of the poll.
+   *
+   * @generated from field: string poll_id = 1;
+   */
+  pollId: string;
+
+  /**
+   * The question.
+   *
+   * @generated from field: string question = 2;
+   */
+  question: string;
+
+  /**
+   * The options, in display order.
+   *
+   * @generated from field: repeated classwire.api.events.v1.PollCreated.Option options = 3;
+   */
+  options: PollCreated_Option[];
+
+  /**
+   * For a quiz, the ids of the correct options; empty for an opinion poll.
+   *
+   * @generated from field: repeated string correct_option_ids = 4;
+   */
+  correctOptionIds: string[];
+
+  /**
+   * True when answers are never attributed to participants (events omit who answered).
+   *
+   * @generated from field: bool anonymous = 5;
+   */
+  anonymous: boolean;
+
+  /**
+   * How many options one answer may select (1 for single choice).
+   *
+   * @generated from field: uint32 max_selections = 6;
+   */
+  maxSelections: number;
+
+  /**
+   * When the poll closes by itself, if it has a timer.
+   *
+   * @generated from field: google.protobuf.Timestamp close_time = 7;
+   */
+  closeTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.PollCreated.
+ * Use `create(PollCreatedSchema)` to create a new message.
+ */
+export const PollCreatedSchema: GenMessage<PollCreated> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 26);
+
+/**
+ * One answer option.
+ *
+ * @generated from message classwire.api.events.v1.PollCreated.Option
+ */
+export type PollCreated_Option = Message<"classwire.api.events.v1.PollCreated.Option"> & {
+  /**
+   * Id of the option, unique within the poll.
+   *
+   * @generated from field: string option_id = 1;
+   */
+  optionId: string;
+
+  /**
+   * Text of the option.
+   *
+   * @generated from field: string text = 2;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.PollCreated.Option.
+ * Use `create(PollCreated_OptionSchema)` to create a new message.
+ */
+export const PollCreated_OptionSchema: GenMessage<PollCreated_Option> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 26, 0);
+
+/**
+ * A participant answered a poll, or changed their answer (one answer per participant, changeable
+ * until the poll closes).
+ *
+ * @generated from message classwire.api.events.v1.PollAnswered
+ */
+export type PollAnswered = Message<"classwire.api.events.v1.PollAnswered"> & {
+  /**
+   * Id of the poll.
+   *
+   * @generated from field: string poll_id = 1;
+   */
+  pollId: string;
+
+  /**
+   * The participant; empty when the poll is anonymous.
+   *
+   * @generated from field: string participant_id = 2;
+   */
+  participantId: string;
+
+  /**
+   * The participant's identity; empty when the poll is anonymous.
+   *
+   * @generated from field: string identity = 3;
+   */
+  identity: string;
+
+  /**
+   * The selected options.
+   *
+   * @generated from field: repeated string option_ids = 4;
+   */
+  optionIds: string[];
+
+  /**
+   * True when this answer replaced an earlier one of the same participant.
+   *
+   * @generated from field: bool replaced_previous = 5;
+   */
+  replacedPrevious: boolean;
+
+  /**
+   * Number of participants who have answered so far.
+   *
+   * @generated from field: uint32 answer_count = 6;
+   */
+  answerCount: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.PollAnswered.
+ * Use `create(PollAnsweredSchema)` to create a new message.
+ */
+export const PollAnsweredSchema: GenMessage<PollAnswered> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 27);
+
+/**
+ * A poll was closed. Its results are kept as data.
+ *
+ * @generated from message classwire.api.events.v1.PollClosed
+ */
+export type PollClosed = Message<"classwire.api.events.v1.PollClosed"> & {
+  /**
+   * Id of the poll.
+   *
+   * @generated from field: string poll_id = 1;
+   */
+  pollId: string;
+
+  /**
+   * Why it closed.
+   *
+   * @generated from field: classwire.api.events.v1.PollClosed.Reason reason = 2;
+   */
+  reason: PollClosed_Reason;
+
+  /**
+   * Number of participants who answered.
+   *
+   * @generated from field: uint32 answer_count = 3;
+   */
+  answerCount: number;
+
+  /**
+   * Number of participants in the room who could answer, when it closed.
+   *
+   * @generated from field: uint32 eligible_count = 4;
+   */
+  eligibleCount: number;
+
+  /**
+   * Per-option counts, in display order.
+   *
+   * @generated from field: repeated classwire.api.events.v1.PollClosed.OptionResult options = 5;
+   */
+  options: PollClosed_OptionResult[];
+
+  /**
+   * For a quiz, the number of answers that were exactly right.
+   *
+   * @generated from field: uint32 correct_count = 6;
+   */
+  correctCount: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.PollClosed.
+ * Use `create(PollClosedSchema)` to create a new message.
+ */
+export const PollClosedSchema: GenMessage<PollClosed> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 28);
+
+/**
+ * The count of one option.
+ *
+ * @generated from message classwire.api.events.v1.PollClosed.OptionResult
+ */
+export type PollClosed_OptionResult = Message<"classwire.api.events.v1.PollClosed.OptionResult"> & {
+  /**
+   * Id of the option.
+   *
+   * @generated from field: string option_id = 1;
+   */
+  optionId: string;
+
+  /**
+   * Number of answers that selected it.
+   *
+   * @generated from field: uint32 count = 2;
+   */
+  count: number;
+
+  /**
+   * True when the option is a correct answer of a quiz.
+   *
+   * @generated from field: bool correct = 3;
+   */
+  correct: boolean;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.PollClosed.OptionResult.
+ * Use `create(PollClosed_OptionResultSchema)` to create a new message.
+ */
+export const PollClosed_OptionResultSchema: GenMessage<PollClosed_OptionResult> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 28, 0);
+
+/**
+ * Why the poll closed.
+ *
+ * @generated from enum classwire.api.events.v1.PollClosed.Reason
+ */
+export enum PollClosed_Reason {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A moderator or backend service closed it.
+   *
+   * @generated from enum value: REASON_REQUESTED = 1;
+   */
+  REQUESTED = 1,
+
+  /**
+   * Its timer ran out.
+   *
+   * @generated from enum value: REASON_TIMER_EXPIRED = 2;
+   */
+  TIMER_EXPIRED = 2,
+
+  /**
+   * The session ended.
+   *
+   * @generated from enum value: REASON_SESSION_ENDED = 3;
+   */
+  SESSION_ENDED = 3,
+}
+
+/**
+ * Describes the enum classwire.api.events.v1.PollClosed.Reason.
+ */
+export const PollClosed_ReasonSchema: GenEnum<PollClosed_Reason> = /*@__PURE__*/
+  enumDesc(file_classwire_api_events_v1_session_events, 28, 0);
+
+/**
+ * Breakout rooms were opened. Each room is a child session with its own events and attendance.
+ *
+ * @generated from message classwire.api.events.v1.BreakoutsOpened
+ */
+export type BreakoutsOpened = Message<"classwire.api.events.v1.BreakoutsOpened"> & {
+  /**
+   * The rooms.
+   *
+   * @generated from field: repeated classwire.api.events.v1.BreakoutsOpened.Room rooms = 1;
+   */
+  rooms: BreakoutsOpened_Room[];
+
+  /**
+   * When the rooms close by themselves, if a duration was given.
+   *
+   * @generated from field: google.protobuf.Timestamp close_time = 2;
+   */
+  closeTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.BreakoutsOpened.
+ * Use `create(BreakoutsOpenedSchema)` to create a new message.
+ */
+export const BreakoutsOpenedSchema: GenMessage<BreakoutsOpened> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 29);
+
+/**
+ * One breakout room.
+ *
+ * @generated from message classwire.api.events.v1.BreakoutsOpened.Room
+ */
+export type BreakoutsOpened_Room = Message<"classwire.api.events.v1.BreakoutsOpened.Room"> & {
+  /**
+   * The room's session id (a child session of the event's session).
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * Name of the room.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Participants assigned to it.
+   *
+   * @generated from field: repeated string participant_ids = 3;
+   */
+  participantIds: string[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.BreakoutsOpened.Room.
+ * Use `create(BreakoutsOpened_RoomSchema)` to create a new message.
+ */
+export const BreakoutsOpened_RoomSchema: GenMessage<BreakoutsOpened_Room> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 29, 0);
+
+/**
+ * A participant was moved between rooms during breakouts.
+ *
+ * @generated from message classwire.api.events.v1.BreakoutParticipantMoved
+ */
+export type BreakoutParticipantMoved = Message<"classwire.api.events.v1.BreakoutParticipantMoved"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * The room (session id) it left.
+   *
+   * @generated from field: string from_session_id = 3;
+   */
+  fromSessionId: string;
+
+  /**
+   * The room (session id) it entered.
+   *
+   * @generated from field: string to_session_id = 4;
+   */
+  toSessionId: string;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.BreakoutParticipantMoved.
+ * Use `create(BreakoutParticipantMovedSchema)` to create a new message.
+ */
+export const BreakoutParticipantMovedSchema: GenMessage<BreakoutParticipantMoved> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 30);
+
+/**
+ * A message was broadcast to every breakout room.
+ *
+ * @generated from message classwire.api.events.v1.BreakoutBroadcast
+ */
+export type BreakoutBroadcast = Message<"classwire.api.events.v1.BreakoutBroadcast"> & {
+  /**
+   * The text.
+   *
+   * @generated from field: string text = 1;
+   */
+  text: string;
+
+  /**
+   * The rooms (session ids) it reached.
+   *
+   * @generated from field: repeated string session_ids = 2;
+   */
+  sessionIds: string[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.BreakoutBroadcast.
+ * Use `create(BreakoutBroadcastSchema)` to create a new message.
+ */
+export const BreakoutBroadcastSchema: GenMessage<BreakoutBroadcast> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 31);
+
+/**
+ * Breakout rooms are closing; participants return to the main room when the countdown ends.
+ *
+ * @generated from message classwire.api.events.v1.BreakoutsClosing
+ */
+export type BreakoutsClosing = Message<"classwire.api.events.v1.BreakoutsClosing"> & {
+  /**
+   * Length of the countdown.
+   *
+   * @generated from field: google.protobuf.Duration countdown = 1;
+   */
+  countdown?: Duration | undefined;
+
+  /**
+   * When the rooms close.
+   *
+   * @generated from field: google.protobuf.Timestamp close_time = 2;
+   */
+  closeTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.BreakoutsClosing.
+ * Use `create(BreakoutsClosingSchema)` to create a new message.
+ */
+export const BreakoutsClosingSchema: GenMessage<BreakoutsClosing> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 32);
+
+/**
+ * Breakout rooms closed; their participants are back in the main room.
+ *
+ * @generated from message classwire.api.events.v1.BreakoutsClosed
+ */
+export type BreakoutsClosed = Message<"classwire.api.events.v1.BreakoutsClosed"> & {
+  /**
+   * The rooms (session ids) that closed.
+   *
+   * @generated from field: repeated string session_ids = 1;
+   */
+  sessionIds: string[];
+};
+
+/**
+ * Describes the message classwire.api.events.v1.BreakoutsClosed.
+ * Use `create(BreakoutsClosedSchema)` to create a new message.
+ */
+export const BreakoutsClosedSchema: GenMessage<BreakoutsClosed> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 33);
+
+/**
+ * One attendance interval of a participant closed. Intervals separated only by a resumed
+ * reconnection are one interval.
+ *
+ * @generated from message classwire.api.events.v1.AttendanceIntervalRecorded
+ */
+export type AttendanceIntervalRecorded = Message<"classwire.api.events.v1.AttendanceIntervalRecorded"> & {
+  /**
+   * The participant.
+   *
+   * @generated from field: string participant_id = 1;
+   */
+  participantId: string;
+
+  /**
+   * The embedding product's user id.
+   *
+   * @generated from field: string identity = 2;
+   */
+  identity: string;
+
+  /**
+   * The participant's role during the interval.
+   *
+   * @generated from field: classwire.api.common.v1.ParticipantRole role = 3;
+   */
+  role: ParticipantRole;
+
+  /**
+   * When the participant joined.
+   *
+   * @generated from field: google.protobuf.Timestamp join_time = 4;
+   */
+  joinTime?: Timestamp | undefined;
+
+  /**
+   * When the participant left.
+   *
+   * @generated from field: google.protobuf.Timestamp leave_time = 5;
+   */
+  leaveTime?: Timestamp | undefined;
+
+  /**
+   * Why the participant left.
+   *
+   * @generated from field: classwire.api.common.v1.LeaveReason leave_reason = 6;
+   */
+  leaveReason: LeaveReason;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.AttendanceIntervalRecorded.
+ * Use `create(AttendanceIntervalRecordedSchema)` to create a new message.
+ */
+export const AttendanceIntervalRecordedSchema: GenMessage<AttendanceIntervalRecorded> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 34);
+
+/**
+ * The session ended and its attendance is final. Per-participant detail: GetAttendance.
+ *
+ * @generated from message classwire.api.events.v1.AttendanceFinalized
+ */
+export type AttendanceFinalized = Message<"classwire.api.events.v1.AttendanceFinalized"> & {
+  /**
+   * Number of distinct participants who joined.
+   *
+   * @generated from field: uint32 participant_count = 1;
+   */
+  participantCount: number;
+
+  /**
+   * Number of them who joined after the scheduled start.
+   *
+   * @generated from field: uint32 late_count = 2;
+   */
+  lateCount: number;
+
+  /**
+   * Number of them who left for good before the scheduled end.
+   *
+   * @generated from field: uint32 early_leave_count = 3;
+   */
+  earlyLeaveCount: number;
+};
+
+/**
+ * Describes the message classwire.api.events.v1.AttendanceFinalized.
+ * Use `create(AttendanceFinalizedSchema)` to create a new message.
+ */
+export const AttendanceFinalizedSchema: GenMessage<AttendanceFinalized> = /*@__PURE__*/
+  messageDesc(file_classwire_api_events_v1_session_events, 35);
+
+/**
+ * Why a session ended. Shared by the `SessionEnded` event and the session resource
+ * (`classwire.api.session.v1.Session.end_reason`); it lives here because events may not import
+ * area packages.
+ *
+ * @generated from enum classwire.api.events.v1.SessionEndReason
+ */
+export enum SessionEndReason {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: SESSION_END_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * EndSession was called (by a backend service or a participant allowed to end the session;
+   * the event's actor says who).
+   *
+   * @generated from enum value: SESSION_END_REASON_REQUESTED = 1;
+   */
+  REQUESTED = 1,
+
+  /**
+   * The room stayed empty for the session's empty-room timeout.
+   *
+   * @generated from enum value: SESSION_END_REASON_EMPTY_ROOM_TIMEOUT = 2;
+   */
+  EMPTY_ROOM_TIMEOUT = 2,
+
+  /**
+   * The session ran past its scheduled end by more than its overrun limit.
+   *
+   * @generated from enum value: SESSION_END_REASON_OVERRUN_LIMIT = 3;
+   */
+  OVERRUN_LIMIT = 3,
+
+  /**
+   * A breakout room ended because its breakouts were closed.
+   *
+   * @generated from enum value: SESSION_END_REASON_BREAKOUTS_CLOSED = 4;
+   */
+  BREAKOUTS_CLOSED = 4,
+
+  /**
+   * A breakout room ended because its parent session ended.
+   *
+   * @generated from enum value: SESSION_END_REASON_PARENT_ENDED = 5;
+   */
+  PARENT_ENDED = 5,
+}
+
+/**
+ * Describes the enum classwire.api.events.v1.SessionEndReason.
+ */
+export const SessionEndReasonSchema: GenEnum<SessionEndReason> = /*@__PURE__*/
+  enumDesc(file_classwire_api_events_v1_session_events, 0);
+
+/**
+ * Who may read a chat message. Shared by the `ChatMessagePosted` event and the chat message
+ * resource (`classwire.api.session.v1.ChatMessage`).
+ *
+ * @generated from enum classwire.api.events.v1.ChatAudience
+ */
+export enum ChatAudience {
+  /**
+   * Not set. Rejected when posting.
+   *
+   * @generated from enum value: CHAT_AUDIENCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Everyone in the room.
+   *
+   * @generated from enum value: CHAT_AUDIENCE_EVERYONE = 1;
+   */
+  EVERYONE = 1,
+
+  /**
+   * Privately to the room's instructors and co-instructors (and the sender).
+   *
+   * @generated from enum value: CHAT_AUDIENCE_INSTRUCTORS = 2;
+   */
+  INSTRUCTORS = 2,
+
+  /**
+   * Privately to one participant (and the sender); only participants with the MODERATE permission
+   * and backend services may post to one participant.
+   *
+   * @generated from enum value: CHAT_AUDIENCE_PARTICIPANT = 3;
+   */
+  PARTICIPANT = 3,
+}
+
+/**
+ * Describes the enum classwire.api.events.v1.ChatAudience.
+ */
+export const ChatAudienceSchema: GenEnum<ChatAudience> = /*@__PURE__*/
+  enumDesc(file_classwire_api_events_v1_session_events, 1);
+
+/**
+ * One thing a participant may do in a session. Every role grants a default set; join tokens and
+ * UpdateParticipant may grant or revoke single permissions per participant. Shared by events and
+ * the session area's participant resource.
+ *
+ * @generated from enum classwire.api.events.v1.ParticipantPermission
+ */
+export enum ParticipantPermission {
+  /**
+   * Not set. Rejected in overrides.
+   *
+   * @generated from enum value: PARTICIPANT_PERMISSION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Publish microphone audio.
+   *
+   * @generated from enum value: PARTICIPANT_PERMISSION_PUBLISH_AUDIO = 1;
+   */
+  PUBLISH_AUDIO = 1,
+
+  /**
+   * Publish camera video.
+   *
+   * @generated from enum value: PARTICIPANT_PERMISSION_PUBLISH_VIDEO = 2;
+   */
+  PUBLISH_VIDEO = 2,
+
+  /**
+   * Share a screen (video and screen audio).
+   *
+   * @generated from enum value: PARTICIPANT_PERMISSION_PUBLISH_SCREEN = 3;
+   */
+  PUBLISH_SCREEN = 3,
+
+  /**
+   * Post chat messages.
+   *
+   * @generated from enum value: PARTICIPANT_PERMISSION_CHAT = 4;
+   */
+  CHAT = 4,
+
+  /**
+   * Send reactions.
+   *
+   * @generated from enum value: PARTICIPANT_PERMISSION_REACT = 5;
+   */
+  REACT = 5,
+
+  /**
+   * Raise a hand.
+   *
+   * @generated from enum value: PARTICIPANT_PERMISSION_RAISE_HAND = 6;
+   */
+  RAISE_HAND = 6,
+
+  /**
+   * Answer polls.
+   *
+   * @generated from enum value: PARTICIPANT_PERMISSION_ANSWER_POLLS = 7;
+   */
+  ANSWER_POLLS = 7,
+
+  /**
+   * Moderate: admit, deny, mute, remove, lock the room, change roles, lower hands, delete chat,
+   * run polls and breakouts.
+   *
+   * @generated from enum value: PARTICIPANT_PERMISSION_MODERATE = 8;
+   */
+  MODERATE = 8,
+
+  /**
+   * Start and stop recording and transcription.
+   *
+   * @generated from enum value: PARTICIPANT_PERMISSION_MANAGE_MEDIA = 9;
+   */
+  MANAGE_MEDIA = 9,
+
+  /**
+   * End the session for everyone.
+   *
+   * @generated from enum value: PARTICIPANT_PERMISSION_END_SESSION = 10;
+   */
+  END_SESSION = 10,
+}
+
+/**
+ * Describes the enum classwire.api.events.v1.ParticipantPermission.
+ */
+export const ParticipantPermissionSchema: GenEnum<ParticipantPermission> = /*@__PURE__*/
+  enumDesc(file_classwire_api_events_v1_session_events, 2);
 
