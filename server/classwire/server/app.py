@@ -31,10 +31,14 @@ from classwire.api.session.v1 import service_pb2_grpc as session_grpc
 from .config import Config
 from .domain.auth import RateLimiter
 from .domain.authenticate import Authenticator
+from .domain.event_log import EventLog
 from .domain.platform import PlatformDomain, TenantSettings
+from .domain.sessions import SessionsDomain
 from .events.outbox import UnitOfWorkFactory
 from .events.wakeups import Wakeups
+from .handlers.data import data_servicer
 from .handlers.platform import PlatformHandler
+from .handlers.session import session_servicer
 from .handlers.unimplemented import unimplemented_servicer
 from .plugins.manager import PluginManager
 from .plugins.types import ProviderKind
@@ -53,11 +57,12 @@ def _service(module) -> str:
 PENDING_SERVICES = [
     (roster_api, roster_grpc, "RosterService"),
     (scheduling_api, scheduling_grpc, "SchedulingService"),
-    (session_api, session_grpc, "SessionService"),
     (media_api, media_grpc, "MediaService"),
-    (data_api, data_grpc, "DataService"),
 ]
-SERVICE_NAMES = [_service(platform_api)] + [_service(m) for m, _, _ in PENDING_SERVICES]
+SERVICE_NAMES = [
+    _service(m)
+    for m in (platform_api, roster_api, scheduling_api, session_api, media_api, data_api)
+]
 
 
 @dataclass
@@ -71,6 +76,8 @@ class Platform:
     uow: UnitOfWorkFactory
     platform: PlatformDomain
     authenticator: Authenticator
+    sessions: SessionsDomain
+    event_log: EventLog
     providers: dict = field(default_factory=dict)
 
     @classmethod
@@ -96,16 +103,22 @@ class Platform:
         wakeups = Wakeups(providers.get("event_bus"))
         await wakeups.start()
         uow = UnitOfWorkFactory(db, wakeups)
-        return cls(
+        platform_domain = PlatformDomain(db, uow, own_addresses=own_addresses)
+        platform = cls(
             config=config,
             db=db,
             plugins=plugins,
             wakeups=wakeups,
             uow=uow,
-            platform=PlatformDomain(db, uow, own_addresses=own_addresses),
+            platform=platform_domain,
             authenticator=Authenticator(db, config.token_issuer, config.api_key_cache_ttl),
+            sessions=SessionsDomain(db, uow, platform_domain, config.token_issuer),
+            event_log=EventLog(db, wakeups),
             providers=providers,
         )
+        # Revocations on this replica take effect at once, not after the cache TTL.
+        platform.platform.credential_revoked = platform.authenticator.evict
+        return platform
 
     async def close(self) -> None:
         await self.wakeups.stop()
@@ -169,6 +182,10 @@ class Server:
             interceptors=[ClasswireInterceptor(p.authenticator, limiter)], options=options
         )
         platform_grpc.add_PlatformServiceServicer_to_server(PlatformHandler(p.platform), self.server)
+        session_grpc.add_SessionServiceServicer_to_server(
+            session_servicer(p.sessions, p.event_log), self.server
+        )
+        data_grpc.add_DataServiceServicer_to_server(data_servicer(p.event_log), self.server)
         for api_module, grpc_module, name in PENDING_SERVICES:
             base = getattr(grpc_module, f"{name}Servicer")
             adder = getattr(grpc_module, f"add_{name}Servicer_to_server")
@@ -197,6 +214,9 @@ class Server:
             return
         grace = self.config.shutdown_grace.total_seconds() if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        if self.platform is not None:
+            # Watch streams end at once with SERVER_SHUTTING_DOWN so clients resume elsewhere.
+            self.platform.event_log.close()
         log.info("draining", grace_seconds=grace)
         await self.server.stop(grace)
         if self.platform is not None:

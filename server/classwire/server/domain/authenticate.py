@@ -111,4 +111,11 @@ class Authenticator:
         if retired:
             raise Unauthenticated("participant token's signing key was retired", reason="TOKEN_INVALID")
         claims = tokens.verify(token, issuer=self.issuer, secret=secret, tenant_id=tenant_id)
+        # Every issued token is recorded; a revoked (or unknown) one is refused on every RPC.
+        async with self.db.reader() as session:
+            issued = await repo.get_join_token(session, tenant_id, claims.token_id)
+        if issued is None or issued.session_id != claims.session_id:
+            raise Unauthenticated("participant token rejected", reason="TOKEN_INVALID")
+        if issued.revoke_time is not None:
+            raise Unauthenticated("participant token was revoked", reason="TOKEN_REVOKED")
         return Principal(tenant_id=tenant_id, participant=claims)

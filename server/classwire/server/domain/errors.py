@@ -70,6 +70,10 @@ class Aborted(DomainError):
     reason = "ABORTED"
 
 
+class OutOfRange(DomainError):
+    reason = "OUT_OF_RANGE"
+
+
 class PermissionDenied(DomainError):
     reason = "PERMISSION_DENIED"
 

@@ -130,6 +130,9 @@ class PlatformDomain:
         self.uow = uow
         # host:port pairs this server answers on; webhooks may not point at them.
         self.own_addresses = own_addresses
+        # Called with a key id after an API key or signing key stops being valid, so
+        # credential caches on this replica forget it at once.
+        self.credential_revoked: Callable[[str], None] = lambda _key_id: None
 
     # Tenants ---------------------------------------------------------------------------------
 
@@ -322,6 +325,7 @@ class PlatformDomain:
             if key.revoke_time is None:
                 key.revoke_time = utcnow()
                 uow.emit(ev.ApiKeyRevoked(api_key_id=key.id))
+        self.credential_revoked(key.id)
         return key
 
     # Signing keys ----------------------------------------------------------------------------
@@ -373,6 +377,7 @@ class PlatformDomain:
                     )
                 key.retire_time = utcnow()
                 uow.emit(ev.SigningKeyRetired(signing_key_id=key.id))
+        self.credential_revoked(key.id)
         return key
 
     async def primary_signing_key(self, tenant_id: str) -> SigningKey:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from google.protobuf.message import Message
-
 from classwire.api.platform.v1 import resources_pb2 as pb
 from classwire.api.platform.v1 import service_pb2 as api
 from classwire.api.platform.v1 import service_pb2_grpc
+from google.protobuf.message import Message
 
 from ..convert import platform as conv
 from ..convert.common import duration_or_none, mask_paths, time_or_none

@@ -7,6 +7,9 @@ contract today.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterable
+
 from ..domain.errors import Unimplemented
 
 # Service full name -> the capability that brings its behaviour.
@@ -46,3 +49,24 @@ def _make(service: str, method: str, capability: str):
 
     not_yet.__name__ = method
     return not_yet
+
+
+def delegates(handler: object, names: Iterable[str]) -> dict:
+    """Servicer methods that forward to `handler`'s bound methods, for unimplemented_servicer,
+    which builds its servicer class without constructor arguments."""
+
+    def forward(bound):
+        if inspect.isasyncgenfunction(bound):
+
+            async def method(_self, request, context):
+                async for item in bound(request, context):
+                    yield item
+        else:
+
+            async def method(_self, request, context):
+                return await bound(request, context)
+
+        method.__name__ = bound.__name__
+        return method
+
+    return {name: forward(getattr(handler, name)) for name in names}

@@ -111,9 +111,11 @@ def config_key(kind: ProviderKind | str) -> str:
 
 
 def options_key(kind: ProviderKind | str, name: str) -> str:
-    """The configuration table holding one provider's options
-    (``provider_options.blob_store.localfs``)."""
-    return f"provider_options.{ProviderKind(kind).value}.{name}"
+    """The configuration table holding one provider's options (``providers.localfs``): the
+    ``[providers]`` table names the chosen provider per kind and holds a sub-table of options
+    per provider name."""
+    ProviderKind(kind)
+    return f"providers.{name}"
 
 
 class PluginError(ConfigError):

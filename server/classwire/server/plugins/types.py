@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
-if TYPE_CHECKING:
-    from structlog.typing import FilteringBoundLogger
+import structlog
 
 __all__ = [
     "MAX_BUS_PAYLOAD_BYTES",
@@ -200,7 +199,7 @@ class ProviderContext:
     data_dir: Path
     database_url: str
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    logger: FilteringBoundLogger | Any = None
+    logger: Any = field(default_factory=lambda: structlog.get_logger("classwire.providers"))
     name: str = ""
     kind: ProviderKind | None = None
 

@@ -22,6 +22,7 @@ STATUS_OF: dict[type[de.DomainError], grpc.StatusCode] = {
     de.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     de.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     de.Aborted: grpc.StatusCode.ABORTED,
+    de.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     de.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     de.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     de.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,

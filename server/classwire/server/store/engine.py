@@ -6,9 +6,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from .sqlite_inline import inline_creator
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -19,7 +21,8 @@ def create_engine(url: str, *, writer: bool = False) -> AsyncEngine:
     SQLite allows one writer at a time: the writer engine has a single connection, so writers
     queue in the pool instead of spinning on SQLITE_BUSY, and it begins with BEGIN IMMEDIATE so
     a transaction that reads and then writes cannot fail half-way. Readers use their own pool
-    with plain BEGIN and run beside the writer thanks to WAL.
+    with plain BEGIN and run beside the writer thanks to WAL, on the loop's thread
+    (see sqlite_inline).
     """
     if not url.startswith("sqlite"):
         return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -28,7 +31,11 @@ def create_engine(url: str, *, writer: bool = False) -> AsyncEngine:
             url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=60
         )
     else:
-        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=8)
+        path = make_url(url).database
+        if path and path != ":memory:":
+            engine = create_async_engine(url, async_creator=inline_creator(path), pool_size=4)
+        else:
+            engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=8)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -39,7 +46,8 @@ def create_engine(url: str, *, writer: bool = False) -> AsyncEngine:
         # last transactions on power loss, the documented trade-off.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        if writer:
+            cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 

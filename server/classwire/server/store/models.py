@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -148,3 +149,102 @@ class IdempotencyRecord(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     response: Mapped[bytes] = mapped_column(LargeBinary)
     create_time: Mapped[datetime] = mapped_column(index=True)
+
+
+class LiveSession(Base):
+    """A live session (classwire.api.session.v1.Session); breakout rooms are rows with a parent.
+
+    Enum columns hold the proto enum numbers (common.v1.SessionState, events.v1.SessionEndReason):
+    those numbers are frozen by the v1 contract, so they are as stable as names and smaller.
+    """
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        # ListSessions pages by (scheduled start, id) within a tenant.
+        Index("ix_sessions_schedule", "tenant_id", "scheduled_start_time", "id"),
+        Index("ix_sessions_parent", "tenant_id", "parent_session_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    parent_session_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE")
+    )
+    breakout_name: Mapped[str] = mapped_column(String(100), default="")
+    title: Mapped[str] = mapped_column(String(200))
+    class_id: Mapped[str] = mapped_column(String(64), default="")
+    course_id: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[int] = mapped_column(Integer)
+    scheduled_start_time: Mapped[datetime]
+    scheduled_end_time: Mapped[datetime]
+    capacity: Mapped[int] = mapped_column(Integer, default=0)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # `metadata` is reserved on declarative classes, hence the attribute name.
+    labels: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    room_locked: Mapped[bool] = mapped_column(default=False)
+    create_time: Mapped[datetime]
+    update_time: Mapped[datetime]
+    open_time: Mapped[datetime | None]
+    live_time: Mapped[datetime | None]
+    end_time: Mapped[datetime | None]
+    end_reason: Mapped[int] = mapped_column(Integer, default=0)
+    end_message: Mapped[str] = mapped_column(Text, default="")
+
+
+class SessionInstructor(Base):
+    """One expected instructor of a session: a row each, so ListSessions filters by identity
+    with an index on both engines instead of searching inside a JSON array."""
+
+    __tablename__ = "session_instructors"
+    __table_args__ = (Index("ix_session_instructors_identity", "tenant_id", "identity"),)
+
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    identity: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    # The caller's order, kept so the session reads back as it was written.
+    position: Mapped[int] = mapped_column(Integer)
+
+
+class SessionParticipant(Base):
+    """One identity in one session. The id is assigned by the first join token for the identity
+    and kept by every later one, so a participant is the same across tokens and rejoins."""
+
+    __tablename__ = "participants"
+    __table_args__ = (
+        UniqueConstraint("session_id", "identity", name="uq_participants_session_identity"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    identity: Mapped[str] = mapped_column(String(128))
+    # As given by the first token; the participant connection keeps them current once it joins.
+    display_name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[int] = mapped_column(Integer)
+    create_time: Mapped[datetime]
+
+
+class JoinToken(Base):
+    """A participant token that was issued (never the token itself): its id is the JWT `jti`,
+    so a token can be revoked and a revoked one refused."""
+
+    __tablename__ = "join_tokens"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    participant_id: Mapped[str] = mapped_column(
+        ForeignKey("participants.id", ondelete="CASCADE"), index=True
+    )
+    signing_key_id: Mapped[str] = mapped_column(String(64))
+    role: Mapped[int] = mapped_column(Integer)
+    display_name: Mapped[str] = mapped_column(String(100))
+    permission_overrides: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    labels: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    create_time: Mapped[datetime]
+    expire_time: Mapped[datetime]
+    revoke_time: Mapped[datetime | None]

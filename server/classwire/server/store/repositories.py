@@ -4,13 +4,28 @@ so another tenant's id behaves exactly like a missing one."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import ApiKey, IdempotencyRecord, SigningKey, Tenant, WebhookEndpoint, WebhookSecret
+from .models import (
+    ApiKey,
+    Event,
+    IdempotencyRecord,
+    JoinToken,
+    LiveSession,
+    SessionInstructor,
+    SessionParticipant,
+    SigningKey,
+    Tenant,
+    WebhookEndpoint,
+    WebhookSecret,
+)
 
 T = TypeVar("T")
 
@@ -116,3 +131,149 @@ async def get_idempotency_record(
     session: AsyncSession, tenant_id: str, method: str, request_id: str
 ) -> IdempotencyRecord | None:
     return await session.get(IdempotencyRecord, (tenant_id, method, request_id))
+
+
+# Sessions ---------------------------------------------------------------------------------------
+
+
+async def get_live_session(
+    session: AsyncSession, tenant_id: str, session_id: str
+) -> LiveSession | None:
+    return await session.scalar(
+        select(LiveSession).where(LiveSession.tenant_id == tenant_id, LiveSession.id == session_id)
+    )
+
+
+def live_sessions(
+    tenant_id: str,
+    *,
+    states: Collection[int] = (),
+    start_from: datetime | None = None,
+    start_to: datetime | None = None,
+    class_id: str = "",
+    course_id: str = "",
+    instructor_identity: str = "",
+    parent_session_id: str = "",
+) -> Select:
+    """Sessions of a tenant; empty filters match everything. Without a parent: main sessions."""
+    query = select(LiveSession).where(LiveSession.tenant_id == tenant_id)
+    if parent_session_id:
+        query = query.where(LiveSession.parent_session_id == parent_session_id)
+    else:
+        query = query.where(LiveSession.parent_session_id.is_(None))
+    if states:
+        query = query.where(LiveSession.state.in_(list(states)))
+    if start_from is not None:
+        query = query.where(LiveSession.scheduled_start_time >= start_from)
+    if start_to is not None:
+        query = query.where(LiveSession.scheduled_start_time < start_to)
+    if class_id:
+        query = query.where(LiveSession.class_id == class_id)
+    if course_id:
+        query = query.where(LiveSession.course_id == course_id)
+    if instructor_identity:
+        query = query.where(
+            LiveSession.id.in_(
+                select(SessionInstructor.session_id).where(
+                    SessionInstructor.tenant_id == tenant_id,
+                    SessionInstructor.identity == instructor_identity,
+                )
+            )
+        )
+    return query
+
+
+async def session_instructors(
+    session: AsyncSession, tenant_id: str, session_ids: Collection[str]
+) -> dict[str, list[str]]:
+    """The expected instructors of each session, in the order they were given."""
+    found: dict[str, list[str]] = {sid: [] for sid in session_ids}
+    if not session_ids:
+        return found
+    query = (
+        select(SessionInstructor)
+        .where(
+            SessionInstructor.tenant_id == tenant_id,
+            SessionInstructor.session_id.in_(list(session_ids)),
+        )
+        .order_by(SessionInstructor.session_id, SessionInstructor.position)
+    )
+    for row in (await session.scalars(query)).all():
+        found[row.session_id].append(row.identity)
+    return found
+
+
+async def ensure_participant(
+    session: AsyncSession,
+    *,
+    participant_id: str,
+    tenant_id: str,
+    session_id: str,
+    identity: str,
+    display_name: str,
+    role: int,
+    create_time: datetime,
+) -> SessionParticipant:
+    """The participant of (session, identity), created with `participant_id` if it is new.
+
+    Two first tokens for one identity may race on PostgreSQL; the unique constraint lets exactly
+    one insert win and both read back the same row.
+    """
+    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    await session.execute(
+        insert(SessionParticipant)
+        .values(
+            id=participant_id,
+            tenant_id=tenant_id,
+            session_id=session_id,
+            identity=identity,
+            display_name=display_name,
+            role=role,
+            create_time=create_time,
+        )
+        .on_conflict_do_nothing(index_elements=["session_id", "identity"])
+    )
+    return await session.scalar(
+        select(SessionParticipant).where(
+            SessionParticipant.session_id == session_id, SessionParticipant.identity == identity
+        )
+    )
+
+
+async def get_join_token(session: AsyncSession, tenant_id: str, token_id: str) -> JoinToken | None:
+    return await session.scalar(
+        select(JoinToken).where(JoinToken.tenant_id == tenant_id, JoinToken.id == token_id)
+    )
+
+
+# The event log, read through the API ------------------------------------------------------------
+
+
+async def get_event(session: AsyncSession, tenant_id: str, event_id: str) -> Event | None:
+    return await session.scalar(
+        select(Event).where(Event.tenant_id == tenant_id, Event.id == event_id)
+    )
+
+
+async def events_after(
+    session: AsyncSession,
+    tenant_id: str,
+    after_sequence: int,
+    limit: int,
+    *,
+    types: Collection[str] = (),
+    session_ids: Collection[str] = (),
+    occur_from: datetime | None = None,
+    occur_to: datetime | None = None,
+) -> list[Event]:
+    """The tenant log after a cursor, oldest first, filtered by type, session and occur time."""
+    query = select(Event).where(Event.tenant_id == tenant_id, Event.sequence > after_sequence)
+    if types:
+        query = query.where(Event.type.in_(list(types)))
+    if session_ids:
+        query = query.where(Event.session_id.in_(list(session_ids)))
+    if occur_from is not None:
+        query = query.where(Event.occur_time >= occur_from)
+    if occur_to is not None:
+        query = query.where(Event.occur_time < occur_to)
+    return list((await session.scalars(query.order_by(Event.sequence).limit(limit))).all())

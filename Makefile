@@ -1,0 +1,57 @@
+# Thin wrappers. `make run` and `make test` bootstrap everything they need on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+
+.PHONY: bootstrap run test test-sqlite test-postgres gen check-gen lint breaking docs bench-api clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --silent --no-audit --no-fund
+	touch $@
+
+clients/typescript/node_modules/.installed: clients/typescript/package.json clients/typescript/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix clients/typescript
+	touch $@
+
+bootstrap: $(VENV)/.installed node_modules/.installed clients/typescript/node_modules/.installed
+
+# Starts the platform on its embedded defaults (SQLite and local files in ./.data).
+run: bootstrap
+	$(VENV)/bin/classwire serve
+
+# The whole suite on SQLite; again on PostgreSQL when CLASSWIRE_TEST_POSTGRES_URL is set.
+test: bootstrap
+	$(PY) -m pytest -q
+	@if [ -n "$$CLASSWIRE_TEST_POSTGRES_URL" ]; then \
+		echo "== again on PostgreSQL"; \
+		$(PY) -m pytest -q tests/integration tests/contract; \
+	fi
+
+gen: bootstrap
+	scripts/gen.sh
+
+# Fails when the committed generated code or docs differ from a fresh generation.
+check-gen: gen
+	@git add -N clients docs >/dev/null 2>&1 || true
+	@git diff --exit-code --stat -- clients/python/classwire/api clients/typescript/src/gen docs \
+		|| (echo "generated files are stale: run make gen and commit" && exit 1)
+
+lint: bootstrap
+	$(BUF) lint
+	$(VENV)/bin/ruff check server plugins clients/python/classwire/client tests bench scripts
+
+breaking: bootstrap
+	$(BUF) breaking --against protos/baseline/classwire-v1.binpb
+
+bench-api: bootstrap
+	$(PY) bench/api.py
+
+clean:
+	rm -rf $(VENV) node_modules clients/typescript/node_modules .data
