@@ -23,7 +23,7 @@ clients/typescript/node_modules/.installed: clients/typescript/package.json clie
 bootstrap: $(VENV)/.installed node_modules/.installed clients/typescript/node_modules/.installed
 
 # Starts the platform on its embedded defaults (SQLite and local files in ./.data).
-run: bootstrap
+run: $(VENV)/.installed node_modules/.installed
 	$(VENV)/bin/classwire serve
 
 # The whole suite on SQLite; again on PostgreSQL when CLASSWIRE_TEST_POSTGRES_URL is set.
@@ -31,7 +31,7 @@ test: bootstrap
 	$(PY) -m pytest -q
 	@if [ -n "$$CLASSWIRE_TEST_POSTGRES_URL" ]; then \
 		echo "== again on PostgreSQL"; \
-		$(PY) -m pytest -q tests/integration tests/contract; \
+		$(PY) -m pytest -q tests/integration tests/e2e tests/contract; \
 	fi
 
 gen: bootstrap

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 from grpc import aio
 
 from classwire.api.platform.v1 import service_pb2, service_pb2_grpc
@@ -112,19 +111,27 @@ async def main() -> None:
     def med(mode: str, key: str) -> float:
         return statistics.median(r[key] for r in results[mode])
 
-    print(f"{'server':<12}{'QPS':>10}{'p50 ms':>10}{'p99 ms':>10}   (median of {args.rounds} rounds, "
-          f"{args.seconds:.0f}s each, concurrency {args.concurrency})")
+    print(
+        f"{'server':<12}{'QPS':>10}{'p50 ms':>10}{'p99 ms':>10}   (median of {args.rounds} rounds, "
+        f"{args.seconds:.0f}s each, concurrency {args.concurrency})"
+    )
     labels = {
         "echo": "bare echo",
         "classwire": "classwire",
         "no-stack": "no-stack",
     }
     for mode in results:
-        print(f"{labels[mode]:<12}{med(mode, 'qps'):>10.0f}{med(mode, 'p50_ms'):>10.2f}{med(mode, 'p99_ms'):>10.2f}")
+        print(
+            f"{labels[mode]:<12}{med(mode, 'qps'):>10.0f}"
+            f"{med(mode, 'p50_ms'):>10.2f}{med(mode, 'p99_ms'):>10.2f}"
+        )
     ratio = med("classwire", "qps") / med("echo", "qps")
     stack_cost = 1 - med("classwire", "qps") / med("no-stack", "qps")
     print(f"ratio classwire/echo QPS: {ratio:.2f} (goal >= 0.6)")
-    print(f"interceptor stack cost: {stack_cost * 100:.1f}% of QPS against the same RPC without it (goal <= 20%)")
+    print(
+        f"interceptor stack cost: {stack_cost * 100:.1f}% of QPS against the same RPC "
+        "without it (goal <= 20%)"
+    )
 
 
 if __name__ == "__main__":

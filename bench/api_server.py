@@ -1,8 +1,8 @@
 """The servers `bench/api.py` measures, each started in its own process.
 
-  echo         a bare grpc.aio server echoing the request bytes: the baseline
-  classwire    the real server (interceptor stack, auth, SQLite) answering GetApiKey
-  no-stack     the same handler and database read without the interceptor stack
+echo         a bare grpc.aio server echoing the request bytes: the baseline
+classwire    the real server (interceptor stack, auth, SQLite) answering GetApiKey
+no-stack     the same handler and database read without the interceptor stack
 """
 
 from __future__ import annotations
@@ -38,9 +38,8 @@ async def classwire(port: int, with_stack: bool) -> None:
     from classwire.server.config import load_config
     from classwire.server.domain.platform import TenantSettings
     from classwire.server.handlers.platform import PlatformHandler
-    from classwire.server.rpc import context
-
     from classwire.server.logs import configure_logging
+    from classwire.server.rpc import context
 
     configure_logging("json", "warning")  # keep stdout for the handshake line
     tmp = Path(tempfile.mkdtemp(prefix="classwire-bench-"))
@@ -78,7 +77,10 @@ async def classwire(port: int, with_stack: bool) -> None:
         service_pb2_grpc.add_PlatformServiceServicer_to_server(handler, server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
-    print(json.dumps({"ready": True, "api_key": created.secret, "key_id": created.api_key.id}), flush=True)
+    print(
+        json.dumps({"ready": True, "api_key": created.secret, "key_id": created.api_key.id}),
+        flush=True,
+    )
     await asyncio.Event().wait()
 
 

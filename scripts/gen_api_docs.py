@@ -18,7 +18,7 @@ MSG_FIELD, MSG_NESTED, MSG_ENUM = 2, 3, 4
 ENUM_VALUE, SERVICE_METHOD = 2, 2
 
 TYPE_NAMES = {
-    number: name[len("TYPE_"):].lower()
+    number: name[len("TYPE_") :].lower()
     for name, number in descriptor_pb2.FieldDescriptorProto.Type.items()
 }
 
@@ -74,14 +74,22 @@ def render_enum(lines, enum, path, docs, prefix):
 
 
 def render_package(package: str, files: list[descriptor_pb2.FileDescriptorProto]) -> str:
-    lines = [f"# `{package}`", "", "Generated from the proto comments by `make gen`; do not edit.", ""]
+    lines = [
+        f"# `{package}`",
+        "",
+        "Generated from the proto comments by `make gen`; do not edit.",
+        "",
+    ]
     for file in files:
         docs = comments(file)
         for s, service in enumerate(file.service):
             path = (FILE_SERVICE, s)
             lines += [f"## {service.name}", "", docs.get(path, ""), ""]
             for m, method in enumerate(service.method):
-                stream = ("stream " if method.client_streaming else "", "stream " if method.server_streaming else "")
+                stream = (
+                    "stream " if method.client_streaming else "",
+                    "stream " if method.server_streaming else "",
+                )
                 lines += [
                     f"### {service.name}.{method.name}",
                     "",
@@ -142,7 +150,12 @@ def main() -> None:
     api_dir.mkdir(parents=True, exist_ok=True)
     for old in api_dir.glob("*.md"):
         old.unlink()
-    index = ["# API reference", "", "Generated from the proto comments by `make gen`; do not edit.", ""]
+    index = [
+        "# API reference",
+        "",
+        "Generated from the proto comments by `make gen`; do not edit.",
+        "",
+    ]
     for package in sorted(packages):
         files = sorted(packages[package], key=lambda f: f.name)
         (api_dir / f"{package}.md").write_text(render_package(package, files))

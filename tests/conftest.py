@@ -84,7 +84,10 @@ async def start_server(config: Config) -> RunningServer:
     server = Server(config)
     await server.start()
     created = await server.platform.platform.create_tenant(
-        None, "test tenant", __import__("classwire.server.domain.platform", fromlist=["x"]).TenantSettings(), operator=True
+        None,
+        "test tenant",
+        __import__("classwire.server.domain.platform", fromlist=["x"]).TenantSettings(),
+        operator=True,
     )
     return RunningServer(
         server=server,

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from classwire.plugins.localfs import LocalFSBlobStore
 from classwire.server.plugins import ConfigError, PluginManager
 from classwire.server.plugins.types import BlobStore, InvalidBlobKeyError

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from classwire.plugins.memory_bus import MemoryBus
 from classwire.server.plugins import PluginManager
 from classwire.server.testing import EventBusConformance

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from classwire.plugins.postgres_bus import PostgresBus, encode, normalize_url
 from classwire.server.plugins import ConfigError, PluginManager
 from classwire.server.testing import EventBusConformance

@@ -12,6 +12,11 @@ import grpc
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from conftest import create_database, make_config, start_server
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
 from classwire.api.common.v1 import common_pb2
 from classwire.api.data.v1 import resources_pb2 as data_pb
 from classwire.api.data.v1 import service_pb2 as data_api
@@ -22,10 +27,6 @@ from classwire.api.session.v1 import resources_pb2 as pb
 from classwire.api.session.v1 import service_pb2 as session_api
 from classwire.api.session.v1 import service_pb2_grpc as session_grpc
 from classwire.server.store.models import Base
-from conftest import create_database, make_config, start_server
-from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 EV = "classwire.api.events.v1."
 CREATED = EV + "SessionCreated"

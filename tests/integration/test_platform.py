@@ -66,7 +66,8 @@ async def test_missing_and_bad_credentials_are_unauthenticated(server):
     assert details(err)[0].reason == "CREDENTIALS_MISSING"
     forged = server.api_key[:-4] + "AAAA"
     err = await expect_error(
-        raw_call(server, "GetTenant", api.GetTenantRequest(), forged), grpc.StatusCode.UNAUTHENTICATED
+        raw_call(server, "GetTenant", api.GetTenantRequest(), forged),
+        grpc.StatusCode.UNAUTHENTICATED,
     )
     assert details(err)[0].reason == "API_KEY_INVALID"
     err = await expect_error(
@@ -82,20 +83,31 @@ async def test_another_tenants_resources_are_not_found(server, second_tenant):
     mine = await raw_call(
         server,
         "CreateWebhookEndpoint",
-        api.CreateWebhookEndpointRequest(endpoint=pb.WebhookEndpoint(url="https://example.com/hooks")),
+        api.CreateWebhookEndpointRequest(
+            endpoint=pb.WebhookEndpoint(url="https://example.com/hooks")
+        ),
         server.api_key,
     )
     # The other tenant sees exactly what it would see for an id that does not exist.
     foreign = await expect_error(
-        raw_call(server, "GetWebhookEndpoint", api.GetWebhookEndpointRequest(id=mine.endpoint.id), other_key),
+        raw_call(
+            server,
+            "GetWebhookEndpoint",
+            api.GetWebhookEndpointRequest(id=mine.endpoint.id),
+            other_key,
+        ),
         grpc.StatusCode.NOT_FOUND,
     )
     missing = await expect_error(
-        raw_call(server, "GetWebhookEndpoint", api.GetWebhookEndpointRequest(id="whe_missing"), other_key),
+        raw_call(
+            server, "GetWebhookEndpoint", api.GetWebhookEndpointRequest(id="whe_missing"), other_key
+        ),
         grpc.StatusCode.NOT_FOUND,
     )
     assert details(foreign)[0].reason == details(missing)[0].reason
-    listed = await raw_call(server, "ListWebhookEndpoints", api.ListWebhookEndpointsRequest(), other_key)
+    listed = await raw_call(
+        server, "ListWebhookEndpoints", api.ListWebhookEndpointsRequest(), other_key
+    )
     assert mine.endpoint.id not in [e.id for e in listed.endpoints]
     await expect_error(
         raw_call(server, "RevokeApiKey", api.RevokeApiKeyRequest(id=mine.endpoint.id), other_key),
@@ -124,7 +136,9 @@ async def test_api_key_lifecycle_and_scopes(server):
         raw_call(
             server,
             "CreateWebhookEndpoint",
-            api.CreateWebhookEndpointRequest(endpoint=pb.WebhookEndpoint(url="https://example.com/x")),
+            api.CreateWebhookEndpointRequest(
+                endpoint=pb.WebhookEndpoint(url="https://example.com/x")
+            ),
             reader,
         ),
         grpc.StatusCode.PERMISSION_DENIED,
@@ -132,32 +146,43 @@ async def test_api_key_lifecycle_and_scopes(server):
     info = details(err)[0]
     assert info.reason == "MISSING_SCOPE" and info.metadata["scope"] == "platform:write"
     # Only the hash is stored: the secret never comes back.
-    fetched = await raw_call(server, "GetApiKey", api.GetApiKeyRequest(id=created.api_key.id), server.api_key)
+    fetched = await raw_call(
+        server, "GetApiKey", api.GetApiKeyRequest(id=created.api_key.id), server.api_key
+    )
     assert fetched.api_key.id == created.api_key.id
     assert created.secret not in str(fetched)
     # Revocation takes effect at once on this replica.
-    revoked = await raw_call(server, "RevokeApiKey", api.RevokeApiKeyRequest(id=created.api_key.id), server.api_key)
+    revoked = await raw_call(
+        server, "RevokeApiKey", api.RevokeApiKeyRequest(id=created.api_key.id), server.api_key
+    )
     assert revoked.api_key.HasField("revoke_time")
     server.server.platform.authenticator.evict(created.api_key.id)
     await expect_error(
-        raw_call(server, "ListApiKeys", api.ListApiKeysRequest(), reader), grpc.StatusCode.UNAUTHENTICATED
+        raw_call(server, "ListApiKeys", api.ListApiKeysRequest(), reader),
+        grpc.StatusCode.UNAUTHENTICATED,
     )
     # Revoking again is idempotent.
-    again = await raw_call(server, "RevokeApiKey", api.RevokeApiKeyRequest(id=created.api_key.id), server.api_key)
+    again = await raw_call(
+        server, "RevokeApiKey", api.RevokeApiKeyRequest(id=created.api_key.id), server.api_key
+    )
     assert again.api_key.revoke_time == revoked.api_key.revoke_time
 
 
 async def test_last_use_time_is_recorded(server):
     created = await raw_call(
-        server, "CreateApiKey",
-        api.CreateApiKeyRequest(display_name="tracked", scopes=["platform:read"]), server.api_key,
+        server,
+        "CreateApiKey",
+        api.CreateApiKeyRequest(display_name="tracked", scopes=["platform:read"]),
+        server.api_key,
     )
     assert not created.api_key.HasField("last_use_time")
     await raw_call(server, "ListApiKeys", api.ListApiKeysRequest(), created.secret)
     import asyncio
 
     for _ in range(50):
-        fetched = await raw_call(server, "GetApiKey", api.GetApiKeyRequest(id=created.api_key.id), server.api_key)
+        fetched = await raw_call(
+            server, "GetApiKey", api.GetApiKeyRequest(id=created.api_key.id), server.api_key
+        )
         if fetched.api_key.HasField("last_use_time"):
             break
         await asyncio.sleep(0.05)
@@ -179,7 +204,8 @@ async def test_invalid_input_has_field_violations(server):
     assert [v.field for v in bad.field_violations] == ["display_name"]
     err = await expect_error(
         raw_call(
-            server, "CreateApiKey",
+            server,
+            "CreateApiKey",
             api.CreateApiKeyRequest(display_name="x", scopes=["session:read", "everything"]),
             server.api_key,
         ),
@@ -199,8 +225,10 @@ async def test_invalid_input_has_field_violations(server):
 async def test_webhook_url_validation(server, url, field):
     err = await expect_error(
         raw_call(
-            server, "CreateWebhookEndpoint",
-            api.CreateWebhookEndpointRequest(endpoint=pb.WebhookEndpoint(url=url)), server.api_key,
+            server,
+            "CreateWebhookEndpoint",
+            api.CreateWebhookEndpointRequest(endpoint=pb.WebhookEndpoint(url=url)),
+            server.api_key,
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
@@ -212,7 +240,8 @@ async def test_webhook_pointing_at_the_platform_is_refused(server):
     for host in ("127.0.0.1", "localhost", "[::1]"):
         err = await expect_error(
             raw_call(
-                server, "CreateWebhookEndpoint",
+                server,
+                "CreateWebhookEndpoint",
                 api.CreateWebhookEndpointRequest(
                     endpoint=pb.WebhookEndpoint(url=f"http://{host}:{port}/hook")
                 ),
@@ -226,7 +255,8 @@ async def test_webhook_pointing_at_the_platform_is_refused(server):
 async def test_unknown_event_type_filter_is_refused(server):
     err = await expect_error(
         raw_call(
-            server, "CreateWebhookEndpoint",
+            server,
+            "CreateWebhookEndpoint",
             api.CreateWebhookEndpointRequest(
                 endpoint=pb.WebhookEndpoint(
                     url="https://example.com/h",
@@ -242,15 +272,23 @@ async def test_unknown_event_type_filter_is_refused(server):
 
 async def test_request_id_makes_creates_idempotent(server):
     request_id = str(uuid.uuid4())
-    request = api.CreateApiKeyRequest(request_id=request_id, display_name="retry", scopes=["data:read"])
+    request = api.CreateApiKeyRequest(
+        request_id=request_id, display_name="retry", scopes=["data:read"]
+    )
     first = await raw_call(server, "CreateApiKey", request, server.api_key)
     second = await raw_call(server, "CreateApiKey", request, server.api_key)
     assert second.api_key == first.api_key
     assert first.secret and second.secret == ""  # shown once
-    listed = await raw_call(server, "ListApiKeys", api.ListApiKeysRequest(page_size=500), server.api_key)
+    listed = await raw_call(
+        server, "ListApiKeys", api.ListApiKeysRequest(page_size=500), server.api_key
+    )
     assert [k.display_name for k in listed.api_keys].count("retry") == 1
-    changed = api.CreateApiKeyRequest(request_id=request_id, display_name="other", scopes=["data:read"])
-    err = await expect_error(raw_call(server, "CreateApiKey", changed, server.api_key), grpc.StatusCode.ALREADY_EXISTS)
+    changed = api.CreateApiKeyRequest(
+        request_id=request_id, display_name="other", scopes=["data:read"]
+    )
+    err = await expect_error(
+        raw_call(server, "CreateApiKey", changed, server.api_key), grpc.StatusCode.ALREADY_EXISTS
+    )
     assert details(err)[0].reason == "REQUEST_ID_REUSED"
 
 
@@ -258,7 +296,8 @@ async def test_concurrent_retries_create_once(server):
     import asyncio
 
     request = api.CreateWebhookEndpointRequest(
-        request_id=str(uuid.uuid4()), endpoint=pb.WebhookEndpoint(url="https://example.com/concurrent")
+        request_id=str(uuid.uuid4()),
+        endpoint=pb.WebhookEndpoint(url="https://example.com/concurrent"),
     )
     results = await asyncio.gather(
         *[raw_call(server, "CreateWebhookEndpoint", request, server.api_key) for _ in range(8)]
@@ -271,14 +310,20 @@ async def test_pagination_is_stable_and_opaque(server, second_tenant):
     key = second_tenant.admin_api_key_secret
     for i in range(7):
         await raw_call(
-            server, "CreateWebhookEndpoint",
-            api.CreateWebhookEndpointRequest(endpoint=pb.WebhookEndpoint(url=f"https://example.com/p{i}")),
+            server,
+            "CreateWebhookEndpoint",
+            api.CreateWebhookEndpointRequest(
+                endpoint=pb.WebhookEndpoint(url=f"https://example.com/p{i}")
+            ),
             key,
         )
     seen, token = [], ""
     while True:
         page = await raw_call(
-            server, "ListWebhookEndpoints", api.ListWebhookEndpointsRequest(page_size=3, page_token=token), key
+            server,
+            "ListWebhookEndpoints",
+            api.ListWebhookEndpointsRequest(page_size=3, page_token=token),
+            key,
         )
         seen += [e.url for e in page.endpoints]
         token = page.next_page_token
@@ -286,7 +331,12 @@ async def test_pagination_is_stable_and_opaque(server, second_tenant):
             break
     assert seen == [f"https://example.com/p{i}" for i in range(7)]
     err = await expect_error(
-        raw_call(server, "ListWebhookEndpoints", api.ListWebhookEndpointsRequest(page_token="garbage"), key),
+        raw_call(
+            server,
+            "ListWebhookEndpoints",
+            api.ListWebhookEndpointsRequest(page_token="garbage"),
+            key,
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert details(err)[1].field_violations[0].field == "page_token"
@@ -294,17 +344,21 @@ async def test_pagination_is_stable_and_opaque(server, second_tenant):
 
 async def test_field_mask_update(server):
     created = await raw_call(
-        server, "CreateWebhookEndpoint",
+        server,
+        "CreateWebhookEndpoint",
         api.CreateWebhookEndpointRequest(
             endpoint=pb.WebhookEndpoint(url="https://example.com/m", description="before")
         ),
         server.api_key,
     )
     updated = await raw_call(
-        server, "UpdateWebhookEndpoint",
+        server,
+        "UpdateWebhookEndpoint",
         api.UpdateWebhookEndpointRequest(
             endpoint=pb.WebhookEndpoint(
-                id=created.endpoint.id, url="https://ignored.example.com", description="after",
+                id=created.endpoint.id,
+                url="https://ignored.example.com",
+                description="after",
                 state=pb.WEBHOOK_ENDPOINT_STATE_DISABLED,
             ),
             update_mask=field_mask_pb2.FieldMask(paths=["description", "state"]),
@@ -316,7 +370,8 @@ async def test_field_mask_update(server):
     assert updated.endpoint.state == pb.WEBHOOK_ENDPOINT_STATE_DISABLED
     err = await expect_error(
         raw_call(
-            server, "UpdateWebhookEndpoint",
+            server,
+            "UpdateWebhookEndpoint",
             api.UpdateWebhookEndpointRequest(
                 endpoint=pb.WebhookEndpoint(id=created.endpoint.id),
                 update_mask=field_mask_pb2.FieldMask(paths=["id"]),
@@ -334,7 +389,9 @@ async def test_tenant_settings_update_validates(server, second_tenant):
         tenant=pb.Tenant(settings=pb.TenantSettings(default_time_zone="Mars/Olympus")),
         update_mask=field_mask_pb2.FieldMask(paths=["settings.default_time_zone"]),
     )
-    err = await expect_error(raw_call(server, "UpdateTenant", request, key), grpc.StatusCode.INVALID_ARGUMENT)
+    err = await expect_error(
+        raw_call(server, "UpdateTenant", request, key), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert details(err)[1].field_violations[0].field == "tenant.settings.default_time_zone"
     request.tenant.settings.default_time_zone = "Europe/Berlin"
     updated = await raw_call(server, "UpdateTenant", request, key)
@@ -344,13 +401,19 @@ async def test_tenant_settings_update_validates(server, second_tenant):
 
 async def test_webhook_secret_rotation_keeps_old_secret_for_overlap(server):
     created = await raw_call(
-        server, "CreateWebhookEndpoint",
-        api.CreateWebhookEndpointRequest(endpoint=pb.WebhookEndpoint(url="https://example.com/rot")),
+        server,
+        "CreateWebhookEndpoint",
+        api.CreateWebhookEndpointRequest(
+            endpoint=pb.WebhookEndpoint(url="https://example.com/rot")
+        ),
         server.api_key,
     )
     assert created.secret.startswith("whsec_")
     rotated = await raw_call(
-        server, "RotateWebhookSecret", api.RotateWebhookSecretRequest(id=created.endpoint.id), server.api_key
+        server,
+        "RotateWebhookSecret",
+        api.RotateWebhookSecretRequest(id=created.endpoint.id),
+        server.api_key,
     )
     assert rotated.secret.startswith("whsec_") and rotated.secret != created.secret
     assert len(rotated.endpoint.secrets) == 2
@@ -361,8 +424,10 @@ async def test_webhook_secret_rotation_keeps_old_secret_for_overlap(server):
 async def test_operator_scope_cannot_be_granted_through_the_api(server):
     err = await expect_error(
         raw_call(
-            server, "CreateApiKey",
-            api.CreateApiKeyRequest(display_name="x", scopes=["operator"]), server.api_key,
+            server,
+            "CreateApiKey",
+            api.CreateApiKeyRequest(display_name="x", scopes=["operator"]),
+            server.api_key,
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
@@ -372,7 +437,9 @@ async def test_operator_scope_cannot_be_granted_through_the_api(server):
 async def test_tenant_admin_cannot_create_tenants(server, second_tenant):
     err = await expect_error(
         raw_call(
-            server, "CreateTenant", api.CreateTenantRequest(display_name="x"),
+            server,
+            "CreateTenant",
+            api.CreateTenantRequest(display_name="x"),
             second_tenant.admin_api_key_secret,
         ),
         grpc.StatusCode.PERMISSION_DENIED,
@@ -391,7 +458,8 @@ async def test_later_capabilities_answer_unimplemented_after_auth(server):
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.SubmitRating(
-                data_api.SubmitRatingRequest(), metadata=(("authorization", f"Bearer {server.api_key}"),)
+                data_api.SubmitRatingRequest(),
+                metadata=(("authorization", f"Bearer {server.api_key}"),),
             )
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "data and integrations" in caught.value.details()

@@ -3,8 +3,12 @@ default deadlines, and the blocking channel against `classwire serve` in a child
 
 from __future__ import annotations
 
+import socket
+
 import grpc
 import pytest
+from support.subprocess_server import subprocess_server
+
 from classwire.api.platform.v1 import resources_pb2 as platform_pb
 from classwire.api.platform.v1 import service_pb2 as platform_api
 from classwire.api.platform.v1 import service_pb2_grpc as platform_grpc
@@ -25,7 +29,6 @@ from classwire.client import (
     connect_sync,
     from_rpc_error,
 )
-from support.subprocess_server import subprocess_server
 
 DOMAIN = "classwire.dev"
 
@@ -204,12 +207,20 @@ async def test_default_deadline_applies_to_unary_calls_only(server):
 async def test_default_deadline_is_enforced(server):
     # A deadline no call can meet: a call that relies on the default fails client-side, one
     # that names its own deadline succeeds, and a stream (no default deadline) reaches the server.
+    # A loopback server can answer within the deadline's resolution, so the call that must miss
+    # it waits for a port nobody listens on (wait_for_ready) until the default deadline fires.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_address = f"127.0.0.1:{probe.getsockname()[1]}"
+    async with connect(
+        dead_address, api_key=server.api_key, secure=False, default_timeout=0.2
+    ) as channel:
+        with pytest.raises(DeadlineExceeded) as raised:
+            await platform(channel).GetTenant(platform_api.GetTenantRequest(), wait_for_ready=True)
+        assert raised.value.reason == ""  # the server never answered
     async with connect(
         server.address, api_key=server.api_key, secure=False, default_timeout=1e-6
     ) as channel:
-        with pytest.raises(DeadlineExceeded) as raised:
-            await platform(channel).GetTenant(platform_api.GetTenantRequest())
-        assert raised.value.reason == ""  # the server never answered
         response = await platform(channel).GetTenant(platform_api.GetTenantRequest(), timeout=10)
         assert response.tenant.id == server.tenant_id
         stream = session_grpc.SessionServiceStub(channel).WatchSession(

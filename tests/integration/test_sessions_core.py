@@ -10,6 +10,10 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import jwt
 import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
 from classwire.api.common.v1 import common_pb2
 from classwire.api.events.v1 import session_events_pb2 as ev
 from classwire.api.platform.v1 import service_pb2 as platform_api
@@ -18,9 +22,6 @@ from classwire.api.session.v1 import resources_pb2 as pb
 from classwire.api.session.v1 import service_pb2 as api
 from classwire.api.session.v1 import service_pb2_grpc
 from classwire.server.store.models import LiveSession
-from google.protobuf import duration_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 INSTRUCTOR = common_pb2.PARTICIPANT_ROLE_INSTRUCTOR
 LEARNER = common_pb2.PARTICIPANT_ROLE_LEARNER

@@ -19,7 +19,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed"),
     pytest.mark.skipif(
         not (TS_DIR / "node_modules").is_dir(),
-        reason="TypeScript dependencies are not installed: run `npm ci --prefix clients/typescript`",
+        reason="TypeScript dependencies missing: run `npm ci --prefix clients/typescript`",
     ),
 ]
 

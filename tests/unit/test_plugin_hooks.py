@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
+
 from classwire.server.plugins import hookimpl, hookspecs
 from classwire.server.plugins.manager import HOOK_FOR_KIND, PluginManager
 from classwire.server.plugins.types import (
@@ -61,7 +63,6 @@ from classwire.server.testing import (
     WorkflowConformance,
 )
 from classwire.server.testing.matcher import check_plan, sample_problem
-from structlog.testing import capture_logs
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "plugins.md"

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
+
 from classwire.server.plugins import hookimpl
 from classwire.server.plugins import manager as manager_module
 from classwire.server.plugins.manager import (
@@ -28,7 +30,6 @@ from classwire.server.plugins.types import (
     ProviderError,
     ProviderKind,
 )
-from structlog.testing import capture_logs
 
 BUILT_INS = {"localfs", "memory_bus", "postgres_bus"}
 

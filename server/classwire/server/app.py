@@ -8,7 +8,6 @@ import contextlib
 import signal
 from dataclasses import dataclass, field
 
-import grpc
 import structlog
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -50,7 +49,9 @@ log = structlog.get_logger("classwire.server")
 
 
 def _service(module) -> str:
-    return module.DESCRIPTOR.services_by_name[next(iter(module.DESCRIPTOR.services_by_name))].full_name
+    return module.DESCRIPTOR.services_by_name[
+        next(iter(module.DESCRIPTOR.services_by_name))
+    ].full_name
 
 
 # (generated api module, grpc module, servicer base name) for the services still to come.
@@ -81,7 +82,7 @@ class Platform:
     providers: dict = field(default_factory=dict)
 
     @classmethod
-    async def open(cls, config: Config, own_addresses=lambda: []) -> "Platform":
+    async def open(cls, config: Config, own_addresses=lambda: []) -> Platform:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         plugins = PluginManager(allow=config.plugins_allow or None, block=config.plugins_block)
         plugins.load()
@@ -130,7 +131,9 @@ class Platform:
     async def bootstrap(self) -> tuple[str, str] | None:
         """Creates a first tenant with an operator key when the database has none."""
         async with self.db.reader() as session:
-            existing = await repo.page(session, repo.tenants(), repo.Tenant.create_time, repo.Tenant.id, 1, None)
+            existing = await repo.page(
+                session, repo.tenants(), repo.Tenant.create_time, repo.Tenant.id, 1, None
+            )
         if existing:
             return None
         created = await self.platform.create_tenant(
@@ -181,7 +184,9 @@ class Server:
         self.server = aio.server(
             interceptors=[ClasswireInterceptor(p.authenticator, limiter)], options=options
         )
-        platform_grpc.add_PlatformServiceServicer_to_server(PlatformHandler(p.platform), self.server)
+        platform_grpc.add_PlatformServiceServicer_to_server(
+            PlatformHandler(p.platform), self.server
+        )
         session_grpc.add_SessionServiceServicer_to_server(
             session_servicer(p.sessions, p.event_log), self.server
         )
@@ -194,7 +199,8 @@ class Server:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            SERVICE_NAMES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            SERVICE_NAMES
+            + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self.server,
         )
         self.port = self.server.add_insecure_port(c.listen)
@@ -206,7 +212,12 @@ class Server:
         await self.server.start()
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", listen=c.listen, port=self.port, database=p.db.write_engine.url.get_backend_name())
+        log.info(
+            "serving",
+            listen=c.listen,
+            port=self.port,
+            database=p.db.write_engine.url.get_backend_name(),
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains: health goes NOT_SERVING, new calls are refused, in-flight calls get `grace`."""

@@ -95,9 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="a TOML configuration file (also CLASSWIRE_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the gRPC server")
-    db = commands.add_parser("db", help="database maintenance").add_subparsers(dest="db", required=True)
+    db = commands.add_parser("db", help="database maintenance").add_subparsers(
+        dest="db", required=True
+    )
     db.add_parser("upgrade", help="apply migrations up to the newest")
-    admin = commands.add_parser("admin", help="administration").add_subparsers(dest="admin", required=True)
+    admin = commands.add_parser("admin", help="administration").add_subparsers(
+        dest="admin", required=True
+    )
     create = admin.add_parser("create-tenant", help="create a tenant and its first admin API key")
     create.add_argument("--name", required=True)
     create.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -122,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(result))
             else:
-                print(f"tenant {result['tenant_id']}\nadmin API key (shown once): {result['api_key']}")
+                print(
+                    f"tenant {result['tenant_id']}\nadmin API key (shown once): {result['api_key']}"
+                )
     except (ConfigError, PluginConfigError) as exc:
         sys.stderr.write(f"classwire: configuration error: {exc}\n")
         return EXIT_CONFIG

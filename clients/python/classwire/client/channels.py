@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+
 from classwire.api.data.v1 import service_pb2 as _data
 from classwire.api.media.v1 import service_pb2 as _media
 from classwire.api.platform.v1 import service_pb2 as _platform

@@ -70,7 +70,8 @@ class ClasswireError(grpc.aio.AioRpcError):
 
     Attributes:
         message: the status message, for people (logs, error pages); may change between releases.
-        reason: `ErrorInfo.reason` in UPPER_SNAKE_CASE, e.g. `API_KEY_INVALID`; stable, branch on it.
+        reason: `ErrorInfo.reason` in UPPER_SNAKE_CASE, e.g. `API_KEY_INVALID`; stable, so
+            callers branch on it.
             Empty when the failure never reached the server (a client-side deadline, a refused
             connection).
         domain: `ErrorInfo.domain`, `classwire.dev` for errors raised by classwire itself.

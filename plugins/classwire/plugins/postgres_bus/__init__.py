@@ -32,6 +32,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+
 from classwire.server.plugins import hookimpl
 from classwire.server.plugins.types import (
     EventBus,

@@ -9,7 +9,9 @@ from ..store.models import ApiKey, SigningKey, WebhookSecret
 from .common import duration_or_none, set_duration, set_time
 
 
-def settings_from_proto(message: pb.TenantSettings, base: TenantSettings | None = None) -> TenantSettings:
+def settings_from_proto(
+    message: pb.TenantSettings, base: TenantSettings | None = None
+) -> TenantSettings:
     """Settings from a proto; unset fields keep `base` (or the defaults)."""
     base = base or TenantSettings()
     values = {}
@@ -88,7 +90,9 @@ def endpoint_to_proto(view: EndpointView) -> pb.WebhookEndpoint:
         url=e.url,
         event_types=list(e.event_types),
         description=e.description,
-        state=pb.WEBHOOK_ENDPOINT_STATE_ENABLED if e.enabled else pb.WEBHOOK_ENDPOINT_STATE_DISABLED,
+        state=pb.WEBHOOK_ENDPOINT_STATE_ENABLED
+        if e.enabled
+        else pb.WEBHOOK_ENDPOINT_STATE_DISABLED,
         disabled_reason=e.disabled_reason,
         secrets=[_secret_to_proto(s) for s in view.secrets],
     )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from google.protobuf import json_format
+
 from classwire.api.media.v1 import resources_pb2 as media_pb
 from classwire.api.session.v1 import resources_pb2 as pb
 from classwire.api.session.v1 import service_pb2 as api
-from google.protobuf import json_format
 
 from ..domain.errors import FieldViolation, InvalidArgument
 from ..domain.sessions import (

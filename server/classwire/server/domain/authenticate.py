@@ -109,7 +109,9 @@ class Authenticator:
             tenant_id, secret, retired = key.tenant_id, key.secret, key.retire_time is not None
             self._signing[kid] = (now + self.cache_ttl, tenant_id, secret, retired)
         if retired:
-            raise Unauthenticated("participant token's signing key was retired", reason="TOKEN_INVALID")
+            raise Unauthenticated(
+                "participant token's signing key was retired", reason="TOKEN_INVALID"
+            )
         claims = tokens.verify(token, issuer=self.issuer, secret=secret, tenant_id=tenant_id)
         # Every issued token is recorded; a revoked (or unknown) one is refused on every RPC.
         async with self.db.reader() as session:

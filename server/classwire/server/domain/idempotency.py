@@ -35,7 +35,9 @@ class IdempotencyKey(Generic[R]):
 
 
 async def _replay(uow: UnitOfWork, key: IdempotencyKey[R]) -> tuple[bool, R | None]:
-    record = await repo.get_idempotency_record(uow.session, uow.tenant_id, key.method, key.request_id)
+    record = await repo.get_idempotency_record(
+        uow.session, uow.tenant_id, key.method, key.request_id
+    )
     if record is None:
         return False, None
     if record.fingerprint != key.fingerprint:

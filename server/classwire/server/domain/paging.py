@@ -26,7 +26,9 @@ def page_size(value: int, field: str = "page_size") -> int:
 
 
 def _fingerprint(filters: object) -> str:
-    return hashlib.sha256(json.dumps(filters, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(filters, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
 
 
 def encode(at: datetime, last_id: str, filters: object = None) -> str:
@@ -34,7 +36,9 @@ def encode(at: datetime, last_id: str, filters: object = None) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode(token: str, filters: object = None, field: str = "page_token") -> tuple[datetime, str] | None:
+def decode(
+    token: str, filters: object = None, field: str = "page_token"
+) -> tuple[datetime, str] | None:
     if not token:
         return None
     try:

@@ -21,8 +21,8 @@ from ..store.types import utcnow
 from . import paging, tokens
 from .auth import ADMIN, OPERATOR, Principal, hash_secret, new_api_key_secret, validate_scopes
 from .errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
-from .ids import new_id
 from .idempotency import IdempotencyKey, run_idempotent
+from .ids import new_id
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 2000
@@ -49,7 +49,7 @@ class TenantSettings:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "TenantSettings":
+    def from_json(cls, data: dict) -> TenantSettings:
         values = dict(data)
         for name in ("reconnect_grace", "default_join_token_ttl"):
             if name in values:
@@ -209,8 +209,12 @@ class PlatformDomain:
         return views, paging.next_token(items, limit, "create_time")
 
     async def update_tenant(
-        self, principal: Principal, tenant_id: str, display_name: str | None,
-        settings: Callable[[TenantSettings], TenantSettings] | None, changed_paths: list[str],
+        self,
+        principal: Principal,
+        tenant_id: str,
+        display_name: str | None,
+        settings: Callable[[TenantSettings], TenantSettings] | None,
+        changed_paths: list[str],
     ) -> TenantView:
         principal.require(ADMIN)
         if tenant_id and tenant_id != principal.tenant_id:
@@ -273,7 +277,8 @@ class PlatformDomain:
             raise InvalidArgument(
                 FieldViolation(
                     f"scopes[{scopes.index(OPERATOR)}]",
-                    "the operator scope is granted only by `classwire admin create-tenant --operator`",
+                    "the operator scope is granted only by "
+                    "`classwire admin create-tenant --operator`",
                 )
             )
         clean_scopes = validate_scopes(list(scopes))
@@ -284,7 +289,9 @@ class PlatformDomain:
             )
             uow.session.add(key)
             uow.emit(
-                ev.ApiKeyCreated(api_key_id=key.id, display_name=key.display_name, scopes=clean_scopes)
+                ev.ApiKeyCreated(
+                    api_key_id=key.id, display_name=key.display_name, scopes=clean_scopes
+                )
             )
             return CreatedApiKey(key, secret)
 
@@ -390,7 +397,11 @@ class PlatformDomain:
     # Webhook endpoints -----------------------------------------------------------------------
 
     def _validate_endpoint(
-        self, problems: Violations, prefix: str, url: str | None, types: list[str] | None,
+        self,
+        problems: Violations,
+        prefix: str,
+        url: str | None,
+        types: list[str] | None,
         description: str | None,
     ) -> None:
         if url is not None:
@@ -418,7 +429,9 @@ class PlatformDomain:
     def _is_own_address(self, host: str, port: int) -> bool:
         host = host.strip("[]").lower()
         try:
-            is_local = ipaddress.ip_address(host).is_loopback or ipaddress.ip_address(host).is_unspecified
+            is_local = (
+                ipaddress.ip_address(host).is_loopback or ipaddress.ip_address(host).is_unspecified
+            )
         except ValueError:
             is_local = host == "localhost" or host.endswith(".localhost")
         for own_host, own_port in self.own_addresses():
@@ -430,7 +443,11 @@ class PlatformDomain:
         return False
 
     async def create_webhook_endpoint(
-        self, principal: Principal, url: str, event_types: list[str], description: str,
+        self,
+        principal: Principal,
+        url: str,
+        event_types: list[str],
+        description: str,
         idempotency: IdempotencyKey | None,
     ) -> CreatedEndpoint:
         principal.require("platform:write")
@@ -491,7 +508,8 @@ class PlatformDomain:
             endpoint = await repo.get_webhook_endpoint(session, principal.tenant_id, endpoint_id)
             if endpoint is None:
                 raise NotFound(
-                    f"webhook endpoint {endpoint_id!r} not found", reason="WEBHOOK_ENDPOINT_NOT_FOUND"
+                    f"webhook endpoint {endpoint_id!r} not found",
+                    reason="WEBHOOK_ENDPOINT_NOT_FOUND",
                 )
             return (await self._with_secrets(session, [endpoint]))[0]
 
@@ -512,19 +530,28 @@ class PlatformDomain:
         return views, paging.next_token(items, limit, "create_time")
 
     async def update_webhook_endpoint(
-        self, principal: Principal, endpoint_id: str, *, url: str | None = None,
-        event_types: list[str] | None = None, description: str | None = None,
-        enabled: bool | None = None, changed_paths: list[str],
+        self,
+        principal: Principal,
+        endpoint_id: str,
+        *,
+        url: str | None = None,
+        event_types: list[str] | None = None,
+        description: str | None = None,
+        enabled: bool | None = None,
+        changed_paths: list[str],
     ) -> EndpointView:
         principal.require("platform:write")
         problems = Violations()
         self._validate_endpoint(problems, "endpoint", url, event_types, description)
         problems.raise_if_any()
         async with self.uow(principal.tenant_id, actor_of(principal)) as uow:
-            endpoint = await repo.get_webhook_endpoint(uow.session, principal.tenant_id, endpoint_id)
+            endpoint = await repo.get_webhook_endpoint(
+                uow.session, principal.tenant_id, endpoint_id
+            )
             if endpoint is None:
                 raise NotFound(
-                    f"webhook endpoint {endpoint_id!r} not found", reason="WEBHOOK_ENDPOINT_NOT_FOUND"
+                    f"webhook endpoint {endpoint_id!r} not found",
+                    reason="WEBHOOK_ENDPOINT_NOT_FOUND",
                 )
             if url is not None:
                 endpoint.url = url
@@ -536,17 +563,22 @@ class PlatformDomain:
                 endpoint.enabled = enabled
                 endpoint.disabled_reason = "" if enabled else "disabled by the tenant"
             endpoint.update_time = utcnow()
-            uow.emit(ev.WebhookEndpointUpdated(endpoint_id=endpoint.id, changed_paths=changed_paths))
+            uow.emit(
+                ev.WebhookEndpointUpdated(endpoint_id=endpoint.id, changed_paths=changed_paths)
+            )
             view = (await self._with_secrets(uow.session, [endpoint]))[0]
         return view
 
     async def delete_webhook_endpoint(self, principal: Principal, endpoint_id: str) -> None:
         principal.require("platform:write")
         async with self.uow(principal.tenant_id, actor_of(principal)) as uow:
-            endpoint = await repo.get_webhook_endpoint(uow.session, principal.tenant_id, endpoint_id)
+            endpoint = await repo.get_webhook_endpoint(
+                uow.session, principal.tenant_id, endpoint_id
+            )
             if endpoint is None:
                 raise NotFound(
-                    f"webhook endpoint {endpoint_id!r} not found", reason="WEBHOOK_ENDPOINT_NOT_FOUND"
+                    f"webhook endpoint {endpoint_id!r} not found",
+                    reason="WEBHOOK_ENDPOINT_NOT_FOUND",
                 )
             await uow.session.delete(endpoint)
             uow.emit(ev.WebhookEndpointDeleted(endpoint_id=endpoint_id))
@@ -559,10 +591,13 @@ class PlatformDomain:
         if not timedelta(0) <= overlap <= MAX_SECRET_OVERLAP:
             raise InvalidArgument(FieldViolation("overlap", "must be between 0 and 7 days"))
         async with self.uow(principal.tenant_id, actor_of(principal)) as uow:
-            endpoint = await repo.get_webhook_endpoint(uow.session, principal.tenant_id, endpoint_id)
+            endpoint = await repo.get_webhook_endpoint(
+                uow.session, principal.tenant_id, endpoint_id
+            )
             if endpoint is None:
                 raise NotFound(
-                    f"webhook endpoint {endpoint_id!r} not found", reason="WEBHOOK_ENDPOINT_NOT_FOUND"
+                    f"webhook endpoint {endpoint_id!r} not found",
+                    reason="WEBHOOK_ENDPOINT_NOT_FOUND",
                 )
             now = utcnow()
             expire = now + overlap

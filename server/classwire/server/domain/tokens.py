@@ -91,7 +91,9 @@ def verify(token: str, *, issuer: str, secret: str, tenant_id: str) -> Participa
     except jwt.ExpiredSignatureError:
         raise Unauthenticated("participant token expired", reason="TOKEN_EXPIRED") from None
     except jwt.PyJWTError as exc:
-        raise Unauthenticated(f"participant token rejected: {exc}", reason="TOKEN_INVALID") from None
+        raise Unauthenticated(
+            f"participant token rejected: {exc}", reason="TOKEN_INVALID"
+        ) from None
     if data.get("tid") != tenant_id:
         raise Unauthenticated("participant token rejected", reason="TOKEN_INVALID")
     return ParticipantClaims(

@@ -33,7 +33,9 @@ def wrap(payload: Message, envelope: event_pb2.Event) -> str:
     try:
         area, field = _PLACES[name]
     except KeyError:
-        raise ValueError(f"{name} is not an event payload of classwire.api.events.v1.Event") from None
+        raise ValueError(
+            f"{name} is not an event payload of classwire.api.events.v1.Event"
+        ) from None
     getattr(getattr(envelope, area), field).CopyFrom(payload)
     return name
 

@@ -83,7 +83,7 @@ class UnitOfWorkFactory:
         self.db = db
         self.wakeups = wakeups
 
-    def __call__(self, tenant_id: str, actor: common_pb2.Actor | None = None) -> "_Scope":
+    def __call__(self, tenant_id: str, actor: common_pb2.Actor | None = None) -> _Scope:
         return _Scope(self, tenant_id, actor or system_actor("platform"))
 
 

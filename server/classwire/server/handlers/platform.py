@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from google.protobuf.message import Message
+
 from classwire.api.platform.v1 import resources_pb2 as pb
 from classwire.api.platform.v1 import service_pb2 as api
 from classwire.api.platform.v1 import service_pb2_grpc
-from google.protobuf.message import Message
 
 from ..convert import platform as conv
 from ..convert.common import duration_or_none, mask_paths, time_or_none
@@ -32,7 +33,9 @@ def _created_tenant(result) -> api.CreateTenantResponse:
 
 
 def _created_key(result) -> api.CreateApiKeyResponse:
-    return api.CreateApiKeyResponse(api_key=conv.api_key_to_proto(result.api_key), secret=result.secret)
+    return api.CreateApiKeyResponse(
+        api_key=conv.api_key_to_proto(result.api_key), secret=result.secret
+    )
 
 
 def _created_endpoint(result) -> api.CreateWebhookEndpointResponse:
@@ -54,8 +57,11 @@ class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
         caller = principal()
         caller.require("operator")
         key = key_for(
-            f"{SERVICE}/CreateTenant", request, api.CreateTenantResponse,
-            to_response=_created_tenant, from_response=lambda m: m,
+            f"{SERVICE}/CreateTenant",
+            request,
+            api.CreateTenantResponse,
+            to_response=_created_tenant,
+            from_response=lambda m: m,
             strip=lambda m: m.ClearField("admin_api_key_secret"),
         )
         result = await self.domain.create_tenant(
@@ -68,7 +74,9 @@ class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
         return api.GetTenantResponse(tenant=conv.tenant_to_proto(view))
 
     async def ListTenants(self, request, context):
-        views, token = await self.domain.list_tenants(principal(), request.page_size, request.page_token)
+        views, token = await self.domain.list_tenants(
+            principal(), request.page_size, request.page_token
+        )
         return api.ListTenantsResponse(
             tenants=[conv.tenant_to_proto(v) for v in views], next_page_token=token
         )
@@ -78,6 +86,7 @@ class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
         name = request.tenant.display_name if "display_name" in paths else None
         settings_update = None
         if "settings" in paths:
+
             def settings_update(current):
                 return conv.settings_from_proto(request.tenant.settings)
         elif any(p.startswith("settings.") for p in paths):
@@ -104,13 +113,19 @@ class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
 
     async def CreateApiKey(self, request, context):
         key = key_for(
-            f"{SERVICE}/CreateApiKey", request, api.CreateApiKeyResponse,
-            to_response=_created_key, from_response=lambda m: m,
+            f"{SERVICE}/CreateApiKey",
+            request,
+            api.CreateApiKeyResponse,
+            to_response=_created_key,
+            from_response=lambda m: m,
             strip=lambda m: m.ClearField("secret"),
         )
         result = await self.domain.create_api_key(
-            principal(), request.display_name, list(request.scopes),
-            time_or_none(request, "expire_time"), key,
+            principal(),
+            request.display_name,
+            list(request.scopes),
+            time_or_none(request, "expire_time"),
+            key,
         )
         return _respond(result, api.CreateApiKeyResponse, _created_key)
 
@@ -119,7 +134,9 @@ class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
         return api.GetApiKeyResponse(api_key=conv.api_key_to_proto(key))
 
     async def ListApiKeys(self, request, context):
-        keys, token = await self.domain.list_api_keys(principal(), request.page_size, request.page_token)
+        keys, token = await self.domain.list_api_keys(
+            principal(), request.page_size, request.page_token
+        )
         return api.ListApiKeysResponse(
             api_keys=[conv.api_key_to_proto(k) for k in keys], next_page_token=token
         )
@@ -147,8 +164,11 @@ class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
 
     async def CreateWebhookEndpoint(self, request, context):
         key = key_for(
-            f"{SERVICE}/CreateWebhookEndpoint", request, api.CreateWebhookEndpointResponse,
-            to_response=_created_endpoint, from_response=lambda m: m,
+            f"{SERVICE}/CreateWebhookEndpoint",
+            request,
+            api.CreateWebhookEndpointResponse,
+            to_response=_created_endpoint,
+            from_response=lambda m: m,
             strip=lambda m: m.ClearField("secret"),
         )
         e = request.endpoint
@@ -175,7 +195,9 @@ class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
         enabled = None
         if "state" in paths:
             if e.state == pb.WEBHOOK_ENDPOINT_STATE_UNSPECIFIED:
-                raise InvalidArgument(FieldViolation("endpoint.state", "must be ENABLED or DISABLED"))
+                raise InvalidArgument(
+                    FieldViolation("endpoint.state", "must be ENABLED or DISABLED")
+                )
             enabled = e.state == pb.WEBHOOK_ENDPOINT_STATE_ENABLED
         view = await self.domain.update_webhook_endpoint(
             principal(),

@@ -45,7 +45,9 @@ def _make(service: str, method: str, capability: str):
     )
 
     async def not_yet(self, request, context):
-        raise Unimplemented(message, reason="NOT_YET_AVAILABLE", metadata={"capability": capability})
+        raise Unimplemented(
+            message, reason="NOT_YET_AVAILABLE", metadata={"capability": capability}
+        )
 
     not_yet.__name__ = method
     return not_yet

@@ -12,6 +12,7 @@ register any number of providers (or none) from each hook.
 from __future__ import annotations
 
 import pluggy
+
 from classwire.server.plugins.types import Register, RegisterEventHandler
 
 PROJECT_NAME = "classwire"

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import pluggy
 import structlog
+
 from classwire.server.plugins import hookspecs
 from classwire.server.plugins.types import (
     BlobStore,

@@ -229,16 +229,16 @@ class RegisterEventHandler(Protocol):
     ) -> None: ...
 
 
-class Provider(abc.ABC):
+class Provider(abc.ABC):  # noqa: B024 - a base with optional hooks, not an interface itself
     """Lifecycle shared by all providers: ``start`` after creation, ``close`` at shutdown.
 
     Both default to doing nothing and must be safe to call more than once.
     """
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional: most providers need no start-up
         """Connect, open files, spawn background tasks."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional, like start
         """Release everything ``start`` acquired; further calls may raise."""
 
     async def __aenter__(self) -> Self:

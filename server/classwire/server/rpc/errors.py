@@ -44,7 +44,9 @@ def to_status(error: de.DomainError) -> grpc.Status:
             code = STATUS_OF[cls]
             break
     details = [
-        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))
+        _pack(
+            error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+        )
     ]
     if isinstance(error, de.InvalidArgument):
         details.append(

@@ -1,4 +1,4 @@
-"""The database schema. Every tenant-owned row carries `tenant_id`, and every query filters on it."""
+"""The database schema. Every tenant-owned row carries `tenant_id`; every query filters on it."""
 
 from __future__ import annotations
 

@@ -47,13 +47,9 @@ async def page(
     if after is not None:
         at, last_id = after
         if newest_first:
-            query = query.where(
-                or_(time_column < at, and_(time_column == at, id_column < last_id))
-            )
+            query = query.where(or_(time_column < at, and_(time_column == at, id_column < last_id)))
         else:
-            query = query.where(
-                or_(time_column > at, and_(time_column == at, id_column > last_id))
-            )
+            query = query.where(or_(time_column > at, and_(time_column == at, id_column > last_id)))
     order = (time_column.desc(), id_column.desc()) if newest_first else (time_column, id_column)
     return list((await session.scalars(query.order_by(*order).limit(limit))).all())
 

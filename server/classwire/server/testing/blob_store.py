@@ -20,6 +20,7 @@ import secrets
 from collections.abc import AsyncIterator
 
 import pytest
+
 from classwire.server.plugins.types import (
     BlobInfo,
     BlobNotFoundError,

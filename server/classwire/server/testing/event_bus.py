@@ -22,6 +22,7 @@ import secrets
 from collections.abc import AsyncIterator
 
 import pytest
+
 from classwire.server.plugins.types import (
     MAX_BUS_PAYLOAD_BYTES,
     EventBus,

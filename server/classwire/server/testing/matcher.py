@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from classwire.server.plugins.types import (
     InstructorCandidate,
     LessonRequest,

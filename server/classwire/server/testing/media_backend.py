@@ -18,6 +18,7 @@ import secrets
 from collections.abc import AsyncIterator
 
 import pytest
+
 from classwire.server.plugins.types import (
     IceCandidate,
     InvalidSdpError,

@@ -11,6 +11,7 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
+
 from classwire.server.plugins.types import (
     DeliveryResult,
     DeliveryStatus,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+
 from classwire.server.plugins.types import Summarizer, Summary, TranscriptSegment
 
 __all__ = ["SummarizerConformance", "sample_transcript"]

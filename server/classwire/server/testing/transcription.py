@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
+
 from classwire.server.plugins.types import (
     TRANSCRIPTION_SAMPLE_RATE,
     TranscriptionEngine,

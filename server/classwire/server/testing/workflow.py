@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import structlog
+
 from classwire.server.plugins.types import (
     DeliveryResult,
     DeliveryStatus,

@@ -141,13 +141,9 @@ def upgrade() -> None:
         sa.Column("fingerprint", sa.String(64), nullable=False),
         sa.Column("response", sa.LargeBinary(), nullable=False),
         sa.Column("create_time", UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint(
-            "tenant_id", "method", "request_id", name="pk_idempotency_records"
-        ),
+        sa.PrimaryKeyConstraint("tenant_id", "method", "request_id", name="pk_idempotency_records"),
     )
-    op.create_index(
-        "ix_idempotency_records_create_time", "idempotency_records", ["create_time"]
-    )
+    op.create_index("ix_idempotency_records_create_time", "idempotency_records", ["create_time"])
 
 
 def downgrade() -> None:

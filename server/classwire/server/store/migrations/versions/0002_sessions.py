@@ -7,6 +7,7 @@ Create Date: 2026-11-26
 
 import sqlalchemy as sa
 from alembic import op
+
 from classwire.server.store.types import UTCDateTime
 
 revision = "0002"
