@@ -2316,62 +2316,6 @@ class Notification(_message.Message):
 Global___Notification: _TypeAlias = Notification  # noqa: Y015
 
 @_typing.final
-class NotificationPreferences(_message.Message):
-    """A recipient's notification preferences."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RECIPIENT_ID_FIELD_NUMBER: _builtins.int
-    DISABLED_CHANNELS_FIELD_NUMBER: _builtins.int
-    DISABLED_TOPICS_FIELD_NUMBER: _builtins.int
-    CONSENT_FIELD_NUMBER: _builtins.int
-    QUIET_HOURS_FIELD_NUMBER: _builtins.int
-    LOCALE_FIELD_NUMBER: _builtins.int
-    UPDATE_TIME_FIELD_NUMBER: _builtins.int
-    recipient_id: _builtins.str
-    """The recipient: a roster person id. Identifies the preferences."""
-    locale: _builtins.str
-    """The preferred locale for templates, a BCP-47 tag; empty for the tenant's default."""
-    @_builtins.property
-    def disabled_channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Channels the recipient opted out of, by registered name."""
-
-    @_builtins.property
-    def disabled_topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Topics (template names, for example `booking_reminder`) the recipient opted out of."""
-
-    @_builtins.property
-    def consent(self) -> Global___NotificationConsent:
-        """The recipient's consent to be notified."""
-
-    @_builtins.property
-    def quiet_hours(self) -> Global___QuietHours:
-        """Quiet hours: notices falling inside are deferred to their end."""
-
-    @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the preferences last changed. Read-only."""
-
-    def __init__(
-        self,
-        *,
-        recipient_id: _builtins.str = ...,
-        disabled_channels: _abc.Iterable[_builtins.str] | None = ...,
-        disabled_topics: _abc.Iterable[_builtins.str] | None = ...,
-        consent: Global___NotificationConsent | None = ...,
-        quiet_hours: Global___QuietHours | None = ...,
-        locale: _builtins.str = ...,
-        update_time: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "quiet_hours", b"quiet_hours", "update_time", b"update_time"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "disabled_channels", b"disabled_channels", "disabled_topics", b"disabled_topics", "locale", b"locale", "quiet_hours", b"quiet_hours", "recipient_id", b"recipient_id", "update_time", b"update_time"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___NotificationPreferences: _TypeAlias = NotificationPreferences  # noqa: Y015
-
-@_typing.final
 class NotificationConsent(_message.Message):
     """Consent to be notified. Where the tenant requires consent (for example for minors), notices go
     only to recipients whose consent is granted.

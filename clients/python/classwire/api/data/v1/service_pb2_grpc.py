@@ -172,16 +172,6 @@ class DataServiceStub:
                 request_serializer=classwire_dot_api_dot_data_dot_v1_dot_service__pb2.GetNotificationRequest.SerializeToString,
                 response_deserializer=classwire_dot_api_dot_data_dot_v1_dot_service__pb2.GetNotificationResponse.FromString,
                 _registered_method=True)
-        self.GetNotificationPreferences = channel.unary_unary(
-                '/classwire.api.data.v1.DataService/GetNotificationPreferences',
-                request_serializer=classwire_dot_api_dot_data_dot_v1_dot_service__pb2.GetNotificationPreferencesRequest.SerializeToString,
-                response_deserializer=classwire_dot_api_dot_data_dot_v1_dot_service__pb2.GetNotificationPreferencesResponse.FromString,
-                _registered_method=True)
-        self.UpdateNotificationPreferences = channel.unary_unary(
-                '/classwire.api.data.v1.DataService/UpdateNotificationPreferences',
-                request_serializer=classwire_dot_api_dot_data_dot_v1_dot_service__pb2.UpdateNotificationPreferencesRequest.SerializeToString,
-                response_deserializer=classwire_dot_api_dot_data_dot_v1_dot_service__pb2.UpdateNotificationPreferencesResponse.FromString,
-                _registered_method=True)
         self.ListNotificationTemplates = channel.unary_unary(
                 '/classwire.api.data.v1.DataService/ListNotificationTemplates',
                 request_serializer=classwire_dot_api_dot_data_dot_v1_dot_service__pb2.ListNotificationTemplatesRequest.SerializeToString,
@@ -520,26 +510,6 @@ class DataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetNotificationPreferences(self, request, context):
-        """Returns a recipient's notification preferences; the defaults when none were set.
-        Scope: `data:read`.
-        Errors: NOT_FOUND with reason `PERSON_NOT_FOUND`.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def UpdateNotificationPreferences(self, request, context):
-        """Changes a recipient's notification preferences under a FieldMask (creating them on first
-        use). Emits NotificationPreferencesUpdated.
-        Scope: `data:write`.
-        Errors: NOT_FOUND with reason `PERSON_NOT_FOUND`; INVALID_ARGUMENT (a read-only or unknown
-        path, an unknown channel, offsets outside 0..24 h, an unknown time zone or locale).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def ListNotificationTemplates(self, request, context):
         """Lists notification templates (built in, or the tenant's overrides), by name and locale.
         Scope: `data:read`.
@@ -713,16 +683,6 @@ def add_DataServiceServicer_to_server(servicer, server):
                     servicer.GetNotification,
                     request_deserializer=classwire_dot_api_dot_data_dot_v1_dot_service__pb2.GetNotificationRequest.FromString,
                     response_serializer=classwire_dot_api_dot_data_dot_v1_dot_service__pb2.GetNotificationResponse.SerializeToString,
-            ),
-            'GetNotificationPreferences': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetNotificationPreferences,
-                    request_deserializer=classwire_dot_api_dot_data_dot_v1_dot_service__pb2.GetNotificationPreferencesRequest.FromString,
-                    response_serializer=classwire_dot_api_dot_data_dot_v1_dot_service__pb2.GetNotificationPreferencesResponse.SerializeToString,
-            ),
-            'UpdateNotificationPreferences': grpc.unary_unary_rpc_method_handler(
-                    servicer.UpdateNotificationPreferences,
-                    request_deserializer=classwire_dot_api_dot_data_dot_v1_dot_service__pb2.UpdateNotificationPreferencesRequest.FromString,
-                    response_serializer=classwire_dot_api_dot_data_dot_v1_dot_service__pb2.UpdateNotificationPreferencesResponse.SerializeToString,
             ),
             'ListNotificationTemplates': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNotificationTemplates,
@@ -1455,60 +1415,6 @@ class DataService:
             '/classwire.api.data.v1.DataService/GetNotification',
             classwire_dot_api_dot_data_dot_v1_dot_service__pb2.GetNotificationRequest.SerializeToString,
             classwire_dot_api_dot_data_dot_v1_dot_service__pb2.GetNotificationResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetNotificationPreferences(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/classwire.api.data.v1.DataService/GetNotificationPreferences',
-            classwire_dot_api_dot_data_dot_v1_dot_service__pb2.GetNotificationPreferencesRequest.SerializeToString,
-            classwire_dot_api_dot_data_dot_v1_dot_service__pb2.GetNotificationPreferencesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def UpdateNotificationPreferences(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/classwire.api.data.v1.DataService/UpdateNotificationPreferences',
-            classwire_dot_api_dot_data_dot_v1_dot_service__pb2.UpdateNotificationPreferencesRequest.SerializeToString,
-            classwire_dot_api_dot_data_dot_v1_dot_service__pb2.UpdateNotificationPreferencesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -245,18 +245,6 @@ class DataServiceStub:
     Scope: `data:read`.
     Errors: NOT_FOUND with reason `NOTIFICATION_NOT_FOUND`.
     """
-    GetNotificationPreferences: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetNotificationPreferencesRequest, _service_pb2.GetNotificationPreferencesResponse]
-    """Returns a recipient's notification preferences; the defaults when none were set.
-    Scope: `data:read`.
-    Errors: NOT_FOUND with reason `PERSON_NOT_FOUND`.
-    """
-    UpdateNotificationPreferences: _grpc.UnaryUnaryMultiCallable[_service_pb2.UpdateNotificationPreferencesRequest, _service_pb2.UpdateNotificationPreferencesResponse]
-    """Changes a recipient's notification preferences under a FieldMask (creating them on first
-    use). Emits NotificationPreferencesUpdated.
-    Scope: `data:write`.
-    Errors: NOT_FOUND with reason `PERSON_NOT_FOUND`; INVALID_ARGUMENT (a read-only or unknown
-    path, an unknown channel, offsets outside 0..24 h, an unknown time zone or locale).
-    """
     ListNotificationTemplates: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListNotificationTemplatesRequest, _service_pb2.ListNotificationTemplatesResponse]
     """Lists notification templates (built in, or the tenant's overrides), by name and locale.
     Scope: `data:read`.
@@ -496,18 +484,6 @@ class DataServiceAsyncStub(DataServiceStub):
     """Returns one notification.
     Scope: `data:read`.
     Errors: NOT_FOUND with reason `NOTIFICATION_NOT_FOUND`.
-    """
-    GetNotificationPreferences: _aio.UnaryUnaryMultiCallable[_service_pb2.GetNotificationPreferencesRequest, _service_pb2.GetNotificationPreferencesResponse]  # type: ignore[assignment]
-    """Returns a recipient's notification preferences; the defaults when none were set.
-    Scope: `data:read`.
-    Errors: NOT_FOUND with reason `PERSON_NOT_FOUND`.
-    """
-    UpdateNotificationPreferences: _aio.UnaryUnaryMultiCallable[_service_pb2.UpdateNotificationPreferencesRequest, _service_pb2.UpdateNotificationPreferencesResponse]  # type: ignore[assignment]
-    """Changes a recipient's notification preferences under a FieldMask (creating them on first
-    use). Emits NotificationPreferencesUpdated.
-    Scope: `data:write`.
-    Errors: NOT_FOUND with reason `PERSON_NOT_FOUND`; INVALID_ARGUMENT (a read-only or unknown
-    path, an unknown channel, offsets outside 0..24 h, an unknown time zone or locale).
     """
     ListNotificationTemplates: _aio.UnaryUnaryMultiCallable[_service_pb2.ListNotificationTemplatesRequest, _service_pb2.ListNotificationTemplatesResponse]  # type: ignore[assignment]
     """Lists notification templates (built in, or the tenant's overrides), by name and locale.
@@ -901,30 +877,6 @@ class DataServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns one notification.
         Scope: `data:read`.
         Errors: NOT_FOUND with reason `NOTIFICATION_NOT_FOUND`.
-        """
-
-    @_abc_1.abstractmethod
-    def GetNotificationPreferences(
-        self,
-        request: _service_pb2.GetNotificationPreferencesRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.GetNotificationPreferencesResponse, _abc.Awaitable[_service_pb2.GetNotificationPreferencesResponse]]:
-        """Returns a recipient's notification preferences; the defaults when none were set.
-        Scope: `data:read`.
-        Errors: NOT_FOUND with reason `PERSON_NOT_FOUND`.
-        """
-
-    @_abc_1.abstractmethod
-    def UpdateNotificationPreferences(
-        self,
-        request: _service_pb2.UpdateNotificationPreferencesRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.UpdateNotificationPreferencesResponse, _abc.Awaitable[_service_pb2.UpdateNotificationPreferencesResponse]]:
-        """Changes a recipient's notification preferences under a FieldMask (creating them on first
-        use). Emits NotificationPreferencesUpdated.
-        Scope: `data:write`.
-        Errors: NOT_FOUND with reason `PERSON_NOT_FOUND`; INVALID_ARGUMENT (a read-only or unknown
-        path, an unknown channel, offsets outside 0..24 h, an unknown time zone or locale).
         """
 
     @_abc_1.abstractmethod

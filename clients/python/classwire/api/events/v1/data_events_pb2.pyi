@@ -207,7 +207,6 @@ class DataEvent(_message.Message):
     RATING_SUBMITTED_FIELD_NUMBER: _builtins.int
     RATING_DELETED_FIELD_NUMBER: _builtins.int
     WORKFLOW_UPDATED_FIELD_NUMBER: _builtins.int
-    NOTIFICATION_PREFERENCES_UPDATED_FIELD_NUMBER: _builtins.int
     NOTIFICATION_TEMPLATE_UPDATED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def custom_event(self) -> Global___CustomEvent:
@@ -266,10 +265,6 @@ class DataEvent(_message.Message):
         """A workflow's tenant configuration changed."""
 
     @_builtins.property
-    def notification_preferences_updated(self) -> Global___NotificationPreferencesUpdated:
-        """A recipient's notification preferences changed."""
-
-    @_builtins.property
     def notification_template_updated(self) -> Global___NotificationTemplateUpdated:
         """A tenant's override of a notification template was changed or removed."""
 
@@ -290,14 +285,13 @@ class DataEvent(_message.Message):
         rating_submitted: Global___RatingSubmitted | None = ...,
         rating_deleted: Global___RatingDeleted | None = ...,
         workflow_updated: Global___WorkflowUpdated | None = ...,
-        notification_preferences_updated: Global___NotificationPreferencesUpdated | None = ...,
         notification_template_updated: Global___NotificationTemplateUpdated | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["custom_event", b"custom_event", "engagement_flag_raised", b"engagement_flag_raised", "export_completed", b"export_completed", "notification_failed", b"notification_failed", "notification_preferences_updated", b"notification_preferences_updated", "notification_sent", b"notification_sent", "notification_suppressed", b"notification_suppressed", "notification_template_updated", b"notification_template_updated", "payload", b"payload", "rating_deleted", b"rating_deleted", "rating_submitted", b"rating_submitted", "session_report_failed", b"session_report_failed", "session_report_ready", b"session_report_ready", "transcript_ready", b"transcript_ready", "workflow_triggered", b"workflow_triggered", "workflow_updated", b"workflow_updated", "xapi_statements_pushed", b"xapi_statements_pushed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["custom_event", b"custom_event", "engagement_flag_raised", b"engagement_flag_raised", "export_completed", b"export_completed", "notification_failed", b"notification_failed", "notification_sent", b"notification_sent", "notification_suppressed", b"notification_suppressed", "notification_template_updated", b"notification_template_updated", "payload", b"payload", "rating_deleted", b"rating_deleted", "rating_submitted", b"rating_submitted", "session_report_failed", b"session_report_failed", "session_report_ready", b"session_report_ready", "transcript_ready", b"transcript_ready", "workflow_triggered", b"workflow_triggered", "workflow_updated", b"workflow_updated", "xapi_statements_pushed", b"xapi_statements_pushed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_event", b"custom_event", "engagement_flag_raised", b"engagement_flag_raised", "export_completed", b"export_completed", "notification_failed", b"notification_failed", "notification_preferences_updated", b"notification_preferences_updated", "notification_sent", b"notification_sent", "notification_suppressed", b"notification_suppressed", "notification_template_updated", b"notification_template_updated", "payload", b"payload", "rating_deleted", b"rating_deleted", "rating_submitted", b"rating_submitted", "session_report_failed", b"session_report_failed", "session_report_ready", b"session_report_ready", "transcript_ready", b"transcript_ready", "workflow_triggered", b"workflow_triggered", "workflow_updated", b"workflow_updated", "xapi_statements_pushed", b"xapi_statements_pushed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_event", b"custom_event", "engagement_flag_raised", b"engagement_flag_raised", "export_completed", b"export_completed", "notification_failed", b"notification_failed", "notification_sent", b"notification_sent", "notification_suppressed", b"notification_suppressed", "notification_template_updated", b"notification_template_updated", "payload", b"payload", "rating_deleted", b"rating_deleted", "rating_submitted", b"rating_submitted", "session_report_failed", b"session_report_failed", "session_report_ready", b"session_report_ready", "transcript_ready", b"transcript_ready", "workflow_triggered", b"workflow_triggered", "workflow_updated", b"workflow_updated", "xapi_statements_pushed", b"xapi_statements_pushed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["custom_event", "session_report_ready", "session_report_failed", "transcript_ready", "export_completed", "notification_sent", "notification_failed", "notification_suppressed", "workflow_triggered", "engagement_flag_raised", "xapi_statements_pushed", "rating_submitted", "rating_deleted", "workflow_updated", "notification_preferences_updated", "notification_template_updated"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["custom_event", "session_report_ready", "session_report_failed", "transcript_ready", "export_completed", "notification_sent", "notification_failed", "notification_suppressed", "workflow_triggered", "engagement_flag_raised", "xapi_statements_pushed", "rating_submitted", "rating_deleted", "workflow_updated", "notification_template_updated"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -993,34 +987,6 @@ class WorkflowUpdated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkflowUpdated: _TypeAlias = WorkflowUpdated  # noqa: Y015
-
-@_typing.final
-class NotificationPreferencesUpdated(_message.Message):
-    """A recipient's notification preferences changed."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RECIPIENT_ID_FIELD_NUMBER: _builtins.int
-    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
-    recipient_id: _builtins.str
-    """The recipient: a roster person id."""
-    @_builtins.property
-    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The fields that changed (FieldMask paths of the NotificationPreferences resource)."""
-
-    def __init__(
-        self,
-        *,
-        recipient_id: _builtins.str = ...,
-        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_fields", b"changed_fields", "recipient_id", b"recipient_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___NotificationPreferencesUpdated: _TypeAlias = NotificationPreferencesUpdated  # noqa: Y015
 
 @_typing.final
 class NotificationTemplateUpdated(_message.Message):
