@@ -26,7 +26,7 @@ from classwire.api.platform.v1 import service_pb2_grpc as platform_grpc
 from classwire.api.session.v1 import resources_pb2 as pb
 from classwire.api.session.v1 import service_pb2 as session_api
 from classwire.api.session.v1 import service_pb2_grpc as session_grpc
-from classwire.server.store.models import Base
+from classwire.server.store.schema import Base
 
 EV = "classwire.api.events.v1."
 CREATED = EV + "SessionCreated"

@@ -30,13 +30,17 @@ from classwire.api.session.v1 import service_pb2_grpc as session_grpc
 from .config import Config
 from .domain.auth import RateLimiter
 from .domain.authenticate import Authenticator
+from .domain.classroom import Classroom
 from .domain.event_log import EventLog
 from .domain.platform import PlatformDomain, TenantSettings
 from .domain.sessions import SessionsDomain
 from .events.outbox import UnitOfWorkFactory
 from .events.wakeups import Wakeups
+from .handlers.classroom import classroom_methods
 from .handlers.data import data_servicer
 from .handlers.platform import PlatformHandler
+from .handlers.roster import roster_servicer
+from .handlers.scheduling import scheduling_servicer
 from .handlers.session import session_servicer
 from .handlers.unimplemented import unimplemented_servicer
 from .plugins.manager import PluginManager
@@ -56,8 +60,6 @@ def _service(module) -> str:
 
 # (generated api module, grpc module, servicer base name) for the services still to come.
 PENDING_SERVICES = [
-    (roster_api, roster_grpc, "RosterService"),
-    (scheduling_api, scheduling_grpc, "SchedulingService"),
     (media_api, media_grpc, "MediaService"),
 ]
 SERVICE_NAMES = [
@@ -79,7 +81,10 @@ class Platform:
     authenticator: Authenticator
     sessions: SessionsDomain
     event_log: EventLog
+    classroom: Classroom
     providers: dict = field(default_factory=dict)
+    # Background tasks (timers, dispatchers) started by the areas; cancelled at close.
+    tasks: list = field(default_factory=list)
 
     @classmethod
     async def open(cls, config: Config, own_addresses=lambda: []) -> Platform:
@@ -115,13 +120,20 @@ class Platform:
             authenticator=Authenticator(db, config.token_issuer, config.api_key_cache_ttl),
             sessions=SessionsDomain(db, uow, platform_domain, config.token_issuer),
             event_log=EventLog(db, wakeups),
+            classroom=None,  # set below: it needs the sessions domain
             providers=providers,
         )
+        platform.classroom = Classroom(db, uow, platform.sessions)
         # Revocations on this replica take effect at once, not after the cache TTL.
         platform.platform.credential_revoked = platform.authenticator.evict
         return platform
 
     async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(BaseException):
+                await task
         await self.wakeups.stop()
         for provider in reversed(list(self.providers.values())):
             with contextlib.suppress(Exception):
@@ -188,9 +200,11 @@ class Server:
             PlatformHandler(p.platform), self.server
         )
         session_grpc.add_SessionServiceServicer_to_server(
-            session_servicer(p.sessions, p.event_log), self.server
+            session_servicer(p.sessions, p.event_log, classroom_methods(p)), self.server
         )
         data_grpc.add_DataServiceServicer_to_server(data_servicer(p.event_log), self.server)
+        roster_grpc.add_RosterServiceServicer_to_server(roster_servicer(p), self.server)
+        scheduling_grpc.add_SchedulingServiceServicer_to_server(scheduling_servicer(p), self.server)
         for api_module, grpc_module, name in PENDING_SERVICES:
             base = getattr(grpc_module, f"{name}Servicer")
             adder = getattr(grpc_module, f"add_{name}Servicer_to_server")

@@ -96,10 +96,14 @@ class SessionHandler:
             yield event_conv.watch_session_response(item)
 
 
-def session_servicer(sessions: SessionsDomain, event_log: EventLog) -> object:
+def session_servicer(
+    sessions: SessionsDomain, event_log: EventLog, classroom_methods: dict | None = None
+) -> object:
+    """The SessionService servicer: lifecycle methods here, classroom interactions from
+    handlers/classroom.py (merged by RPC name)."""
     handler = SessionHandler(sessions, event_log)
+    implemented = delegates(handler, SessionHandler.IMPLEMENTED)
+    implemented.update(classroom_methods or {})
     return unimplemented_servicer(
-        service_pb2_grpc.SessionServiceServicer,
-        SERVICE,
-        implemented=delegates(handler, SessionHandler.IMPLEMENTED),
+        service_pb2_grpc.SessionServiceServicer, SERVICE, implemented=implemented
     )

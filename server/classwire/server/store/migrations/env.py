@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from classwire.server.store.models import Base
+from classwire.server.store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

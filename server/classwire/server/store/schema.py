@@ -1,0 +1,9 @@
+"""The whole schema: importing this module registers every table on Base.metadata.
+
+Migrations and the schema check compare against this, so a model module missing here is a
+model missing from both.
+"""
+
+from . import classroom_models, models, roster_models, scheduling_models  # noqa: F401
+
+Base = models.Base
