@@ -35,6 +35,7 @@ from .domain.event_log import EventLog
 from .domain.platform import PlatformDomain, TenantSettings
 from .domain.sessions import SessionsDomain
 from .events.outbox import UnitOfWorkFactory
+from .events.timers import Timers
 from .events.wakeups import Wakeups
 from .handlers.classroom import classroom_methods
 from .handlers.data import data_servicer
@@ -82,6 +83,7 @@ class Platform:
     sessions: SessionsDomain
     event_log: EventLog
     classroom: Classroom
+    timers: Timers
     providers: dict = field(default_factory=dict)
     # Background tasks (timers, dispatchers) started by the areas; cancelled at close.
     tasks: list = field(default_factory=list)
@@ -121,12 +123,17 @@ class Platform:
             sessions=SessionsDomain(db, uow, platform_domain, config.token_issuer),
             event_log=EventLog(db, wakeups),
             classroom=None,  # set below: it needs the sessions domain
+            timers=Timers(db, uow),
             providers=providers,
         )
         platform.classroom = Classroom(db, uow, platform.sessions)
         # Revocations on this replica take effect at once, not after the cache TTL.
         platform.platform.credential_revoked = platform.authenticator.evict
         return platform
+
+    def start_background(self) -> None:
+        """Starts the durable timer runner; areas register their timer kinds before this."""
+        self.tasks.append(self.timers.start())
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -223,6 +230,8 @@ class Server:
         if c.metrics_listen:
             host, port = _host_port(c.metrics_listen)
             start_http_server(port, addr=host)
+        # Servicer factories above registered their timer kinds; now the runner may fire them.
+        p.start_background()
         await self.server.start()
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

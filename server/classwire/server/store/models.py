@@ -248,3 +248,30 @@ class JoinToken(Base):
     create_time: Mapped[datetime]
     expire_time: Mapped[datetime]
     revoke_time: Mapped[datetime | None]
+
+
+class Timer(Base):
+    """A durable timer: fires once at or after `due_time`, also across restarts and replicas.
+
+    (tenant_id, kind, key) is unique, so scheduling the same timer twice keeps one. A replica
+    claims a due timer by leasing it (`lease_until`); the handler's changes and the `fire_time`
+    mark commit in one transaction, so a crash mid-way leaves it pending for a retry, and a
+    committed firing is never repeated.
+    """
+
+    __tablename__ = "timers"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "kind", "key", name="uq_timers_tenant_kind_key"),
+        Index("ix_timers_due", "fire_time", "due_time"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(200))
+    due_time: Mapped[datetime]
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    lease_until: Mapped[datetime | None]
+    fire_time: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")

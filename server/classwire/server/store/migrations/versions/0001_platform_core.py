@@ -144,10 +144,30 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tenant_id", "method", "request_id", name="pk_idempotency_records"),
     )
     op.create_index("ix_idempotency_records_create_time", "idempotency_records", ["create_time"])
+    op.create_table(
+        "timers",
+        sa.Column("id", sa.String(64), nullable=False),
+        sa.Column("tenant_id", sa.String(64), nullable=False),
+        sa.Column("kind", sa.String(100), nullable=False),
+        sa.Column("key", sa.String(200), nullable=False),
+        sa.Column("due_time", UTCDateTime(), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("lease_until", UTCDateTime(), nullable=True),
+        sa.Column("fire_time", UTCDateTime(), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"], ["tenants.id"], name="fk_timers_tenant_id_tenants", ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name="pk_timers"),
+        sa.UniqueConstraint("tenant_id", "kind", "key", name="uq_timers_tenant_kind_key"),
+    )
+    op.create_index("ix_timers_due", "timers", ["fire_time", "due_time"])
 
 
 def downgrade() -> None:
     for table in (
+        "timers",
         "idempotency_records",
         "events",
         "event_counters",
