@@ -42,6 +42,8 @@ class Config:
     api_key_cache_ttl: timedelta = timedelta(seconds=5)
     # Provider kind -> provider name, and provider name -> its options.
     providers: Mapping[str, str] = field(default_factory=dict)
+    # Provider kind -> the key that chose it, as the user wrote it (for error messages).
+    provider_keys: Mapping[str, str] = field(default_factory=dict)
     provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     plugins_allow: tuple[str, ...] = ()
     plugins_block: tuple[str, ...] = ()
@@ -201,17 +203,22 @@ def load_config(
 
     # [providers] blob_store = "localfs" picks a provider; [providers.localfs] holds its options.
     providers = dict(DEFAULT_PROVIDERS)
+    provider_keys = {kind: f"providers.{kind}" for kind in providers}
     options: dict[str, dict[str, Any]] = {}
     for key, value in file_values.get("providers", {}).items():
         if isinstance(value, dict):
             options[key] = value
         elif isinstance(value, str) and value:
             providers[key] = value
+            provider_keys[key] = f"providers.{key}"
         else:
             raise ConfigError(f"providers.{key}", f"expected a provider name, got {value!r}")
     for env_key, value in environ.items():
         if env_key.startswith("CLASSWIRE_PROVIDER_") and value:
-            providers[env_key.removeprefix("CLASSWIRE_PROVIDER_").lower()] = value
+            kind = env_key.removeprefix("CLASSWIRE_PROVIDER_").lower()
+            providers[kind] = value
+            provider_keys[kind] = env_key
     values["providers"] = providers
+    values["provider_keys"] = provider_keys
     values["provider_options"] = options
     return Config(**values)

@@ -13,10 +13,11 @@ What the factories add, and why:
   participant Connect stream are meant to stay open for hours, and a default deadline would cut
   them off mid-class; keepalive (below) detects a dead peer on them instead. Pass `timeout=` to
   any call to choose its deadline yourself;
-- transparent retries of UNAVAILABLE with exponential backoff (a restarting replica, a load
-  balancer draining). gRPC only retries a call the server has not started answering, and
-  classwire answers every call it accepts with initial metadata at once, so a call that reached a
-  handler is never retried; create-like RPCs also take a `request_id` for retries of your own;
+- transparent retries of UNAVAILABLE (and CANCELLED before any answer) with exponential
+  backoff (a restarting replica, a load balancer draining). gRPC only retries a call the
+  server has not started answering, and classwire answers every call it accepts with initial
+  metadata at once, so a call that reached a handler is never retried; create-like RPCs also
+  take a `request_id` for retries of your own;
 - keepalive pings every 30 s, above the server's 10 s minimum (a client that pings more often
   than the server permits is disconnected with ENHANCE_YOUR_CALM);
 - on unary calls, failed RPCs raised as the typed exceptions of errors.py.
@@ -58,7 +59,10 @@ RETRY_POLICY = {
     "initialBackoff": "0.2s",
     "maxBackoff": "5s",
     "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
+    # CANCELLED too: a draining server's gRPC core cancels calls that arrived but never reached
+    # a handler (grpc/grpc#41785). Retries only happen before response headers, which classwire
+    # sends as soon as it accepts a call, so an accepted call is never retried.
+    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
 }
 
 KEEPALIVE_TIME_MS = 30_000

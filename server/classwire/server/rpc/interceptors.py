@@ -8,6 +8,7 @@ per-call overhead to one extra coroutine frame.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 import uuid
@@ -40,13 +41,14 @@ PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 class _Call:
     """What the canonical log line reports about one call."""
 
-    __slots__ = ("method", "start", "code", "tenant")
+    __slots__ = ("method", "start", "code", "tenant", "counted")
 
     def __init__(self, method: str) -> None:
         self.method = method
         self.start = time.perf_counter()
         self.code = grpc.StatusCode.OK
         self.tenant = ""
+        self.counted = False
 
 
 class ClasswireInterceptor(aio.ServerInterceptor):
@@ -54,6 +56,18 @@ class ClasswireInterceptor(aio.ServerInterceptor):
         self.authenticator = authenticator
         self.limiter = limiter
         self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+        # Calls whose handler is still running: shutdown waits for them to unwind before the
+        # database and providers close underneath.
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
 
     async def intercept_service(
         self,
@@ -73,6 +87,9 @@ class ClasswireInterceptor(aio.ServerInterceptor):
     # -- the per-call steps -----------------------------------------------------------------
 
     async def _begin(self, call: _Call, ctx: aio.ServicerContext) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+        call.counted = True
         structlog.contextvars.clear_contextvars()
         metadata = ctx.invocation_metadata() or ()
         credential = ""
@@ -105,6 +122,10 @@ class ClasswireInterceptor(aio.ServerInterceptor):
         await ctx.abort_with_status(status)
 
     def _finish(self, call: _Call, ctx: aio.ServicerContext) -> None:
+        if call.counted:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
         elapsed = time.perf_counter() - call.start
         code = call.code
         if code is grpc.StatusCode.OK:
@@ -137,6 +158,10 @@ class ClasswireInterceptor(aio.ServerInterceptor):
                 except aio.AbortError:
                     call.code = ctx.code() or grpc.StatusCode.UNKNOWN
                     raise
+                except asyncio.CancelledError:
+                    # The client went away, its deadline passed, or shutdown cut the call off.
+                    call.code = grpc.StatusCode.CANCELLED
+                    raise
                 except Exception as exc:
                     await self._fail(call, ctx, exc)
                 finally:
@@ -155,6 +180,10 @@ class ClasswireInterceptor(aio.ServerInterceptor):
                     return await inner(requests, ctx)
                 except aio.AbortError:
                     call.code = ctx.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                except asyncio.CancelledError:
+                    # The client went away, its deadline passed, or shutdown cut the call off.
+                    call.code = grpc.StatusCode.CANCELLED
                     raise
                 except Exception as exc:
                     await self._fail(call, ctx, exc)
@@ -183,6 +212,10 @@ class ClasswireInterceptor(aio.ServerInterceptor):
                     await result
             except aio.AbortError:
                 call.code = ctx.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except asyncio.CancelledError:
+                # The client went away, its deadline passed, or shutdown cut the call off.
+                call.code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:
                 await self._fail(call, ctx, exc)
