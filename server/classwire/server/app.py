@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
@@ -46,6 +46,7 @@ from .handlers.session import session_servicer
 from .handlers.unimplemented import unimplemented_servicer
 from .plugins.manager import PluginManager
 from .plugins.types import ProviderKind
+from .rpc.health import DrainingHealthServicer
 from .rpc.interceptors import ClasswireInterceptor
 from .store import repositories as repo
 from .store.engine import Database
@@ -102,7 +103,7 @@ class Platform:
                 data_dir=config.data_dir,
                 database_url=config.effective_database_url,
                 options=config.provider_options.get(name, {}),
-                key=f"providers.{kind.value}",
+                key=config.provider_keys.get(kind.value, f"providers.{kind.value}"),
             )
             await provider.start()
             providers[kind.value] = provider
@@ -174,7 +175,8 @@ class Server:
         self.port = 0
         self.platform: Platform | None = None
         self.server: aio.Server | None = None
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else None
+        self.health: DrainingHealthServicer | None = None
+        self.interceptor: ClasswireInterceptor | None = None
         self._stopping = asyncio.Event()
 
     def own_addresses(self) -> list[tuple[str, int]]:
@@ -200,9 +202,8 @@ class Server:
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = aio.server(
-            interceptors=[ClasswireInterceptor(p.authenticator, limiter)], options=options
-        )
+        self.interceptor = ClasswireInterceptor(p.authenticator, limiter)
+        self.server = aio.server(interceptors=[self.interceptor], options=options)
         platform_grpc.add_PlatformServiceServicer_to_server(
             PlatformHandler(p.platform), self.server
         )
@@ -217,7 +218,7 @@ class Server:
             adder = getattr(grpc_module, f"add_{name}Servicer_to_server")
             adder(unimplemented_servicer(base, _service(api_module)), self.server)
 
-        self.health = health.aio.HealthServicer()
+        self.health = DrainingHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             SERVICE_NAMES
@@ -253,6 +254,12 @@ class Server:
             self.platform.event_log.close()
         log.info("draining", grace_seconds=grace)
         await self.server.stop(grace)
+        # Cancelled handlers may still be unwinding: let them finish before the database and
+        # providers close underneath them.
+        if self.interceptor is not None and not await self.interceptor.wait_idle(5.0):
+            log.warning(
+                "handlers still running after the grace period", count=self.interceptor.in_flight
+            )
         if self.platform is not None:
             await self.platform.close()
         log.info("stopped")
