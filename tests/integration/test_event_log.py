@@ -395,8 +395,8 @@ async def test_list_and_get_events(server):
 async def test_other_data_rpcs_stay_unimplemented(server):
     async with grpc.aio.insecure_channel(server.address) as channel:
         await expect_error(
-            data_grpc.DataServiceStub(channel).IngestEventBatch(
-                data_api.IngestEventBatchRequest(), metadata=metadata(server)
+            data_grpc.DataServiceStub(channel).GetSessionReport(
+                data_api.GetSessionReportRequest(session_id="ses_x"), metadata=metadata(server)
             ),
             grpc.StatusCode.UNIMPLEMENTED,
             "NOT_YET_AVAILABLE",

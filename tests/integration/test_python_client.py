@@ -9,11 +9,11 @@ import grpc
 import pytest
 from support.subprocess_server import subprocess_server
 
+from classwire.api.media.v1 import service_pb2 as media_api
+from classwire.api.media.v1 import service_pb2_grpc as media_grpc
 from classwire.api.platform.v1 import resources_pb2 as platform_pb
 from classwire.api.platform.v1 import service_pb2 as platform_api
 from classwire.api.platform.v1 import service_pb2_grpc as platform_grpc
-from classwire.api.roster.v1 import service_pb2 as roster_api
-from classwire.api.roster.v1 import service_pb2_grpc as roster_grpc
 from classwire.api.session.v1 import service_pb2 as session_api
 from classwire.api.session.v1 import service_pb2_grpc as session_grpc
 from classwire.client import (
@@ -109,7 +109,9 @@ async def test_unknown_id_is_not_found(server):
 async def test_pending_service_is_unimplemented_with_reason(server):
     async with server.channel() as channel:
         with pytest.raises(Unimplemented) as raised:
-            await roster_grpc.RosterServiceStub(channel).ListPeople(roster_api.ListPeopleRequest())
+            await media_grpc.MediaServiceStub(channel).ListRecordings(
+                media_api.ListRecordingsRequest(session_id="ses_x")
+            )
     assert raised.value.reason == "NOT_YET_AVAILABLE"
     assert raised.value.metadata.get("capability")
 

@@ -642,13 +642,3 @@ async def test_scopes_are_enforced(server):
     await expect_error(
         token_for(server, session.id, credential=reader.secret), grpc.StatusCode.PERMISSION_DENIED
     )
-
-
-async def test_other_session_rpcs_stay_unimplemented(server):
-    session = await create(server)
-    err = await expect_error(
-        call(server, "EndSession", api.EndSessionRequest(session_id=session.id), server.api_key),
-        grpc.StatusCode.UNIMPLEMENTED,
-        "NOT_YET_AVAILABLE",
-    )
-    assert "live classrooms" in err.details()

@@ -33,10 +33,13 @@ from .domain.authenticate import Authenticator
 from .domain.classroom import Classroom
 from .domain.event_log import EventLog
 from .domain.platform import PlatformDomain, TenantSettings
+from .domain.presence import Presence
 from .domain.sessions import SessionsDomain
+from .domain.usage import METER
 from .events.outbox import UnitOfWorkFactory
 from .events.timers import Timers
 from .events.wakeups import Wakeups
+from .events.webhooks import WebhookDispatcher
 from .handlers.classroom import classroom_methods
 from .handlers.data import data_servicer
 from .handlers.platform import PlatformHandler
@@ -85,6 +88,7 @@ class Platform:
     event_log: EventLog
     classroom: Classroom
     timers: Timers
+    webhooks: WebhookDispatcher | None = None
     providers: dict = field(default_factory=dict)
     # Background tasks (timers, dispatchers) started by the areas; cancelled at close.
     tasks: list = field(default_factory=list)
@@ -113,6 +117,8 @@ class Platform:
         await wakeups.start()
         uow = UnitOfWorkFactory(db, wakeups)
         platform_domain = PlatformDomain(db, uow, own_addresses=own_addresses)
+        timers = Timers(db, uow)
+        sessions = SessionsDomain(db, uow, platform_domain, config.token_issuer, timers)
         platform = cls(
             config=config,
             db=db,
@@ -121,13 +127,19 @@ class Platform:
             uow=uow,
             platform=platform_domain,
             authenticator=Authenticator(db, config.token_issuer, config.api_key_cache_ttl),
-            sessions=SessionsDomain(db, uow, platform_domain, config.token_issuer),
+            sessions=sessions,
             event_log=EventLog(db, wakeups),
             classroom=None,  # set below: it needs the sessions domain
-            timers=Timers(db, uow),
+            timers=timers,
             providers=providers,
         )
         platform.classroom = Classroom(db, uow, platform.sessions)
+        platform.webhooks = WebhookDispatcher(db, uow, wakeups)
+        # The lifecycle's timers (join window, empty room, overrun, reconnect grace), and the
+        # participant connections of this replica.
+        sessions.register_timers(timers)
+        sessions.presence = Presence(db, wakeups, sessions, platform.classroom)
+        await sessions.recover_connections()
         # Revocations on this replica take effect at once, not after the cache TTL.
         platform.platform.credential_revoked = platform.authenticator.evict
         return platform
@@ -135,6 +147,8 @@ class Platform:
     def start_background(self) -> None:
         """Starts the durable timer runner; areas register their timer kinds before this."""
         self.tasks.append(self.timers.start())
+        self.tasks.append(self.webhooks.start())
+        self.tasks.append(asyncio.create_task(METER.run(self.db), name="usage-meter"))
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -250,6 +264,9 @@ class Server:
         grace = self.config.shutdown_grace.total_seconds() if grace is None else grace
         await self.health.enter_graceful_shutdown()
         if self.platform is not None:
+            # Participant streams end with SERVER_SHUTTING_DOWN; their participants are left
+            # reconnecting, to resume after the restart.
+            await self.platform.sessions.presence.stop()
             # Watch streams end at once with SERVER_SHUTTING_DOWN so clients resume elsewhere.
             self.platform.event_log.close()
         log.info("draining", grace_seconds=grace)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import json_format
 
@@ -10,8 +10,10 @@ from classwire.api.media.v1 import resources_pb2 as media_pb
 from classwire.api.session.v1 import resources_pb2 as pb
 from classwire.api.session.v1 import service_pb2 as api
 
-from ..domain.errors import FieldViolation, InvalidArgument
+from ..domain import presence as pr
+from ..domain.errors import DomainError, FieldViolation, InvalidArgument
 from ..domain.sessions import (
+    AttendanceView,
     IssuedToken,
     JoinTokenInput,
     PermissionOverrides,
@@ -21,6 +23,7 @@ from ..domain.sessions import (
     SessionSettings,
     SessionView,
 )
+from ..domain.sessions import ParticipantView as ParticipantView
 from .common import duration_or_none, set_duration, set_time
 
 
@@ -124,6 +127,8 @@ def session_to_proto(view: SessionView) -> pb.Session:
         metadata=dict(row.labels),
         end_reason=row.end_reason,
         end_message=row.end_message,
+        connected_count=view.connected_count,
+        waiting_count=view.waiting_count,
     )
     for name in (
         "scheduled_start_time",
@@ -169,3 +174,243 @@ def token_to_response(issued: IssuedToken) -> api.CreateJoinTokenResponse:
     )
     set_time(response.expire_time, issued.expire_time)
     return response
+
+
+SETTINGS_FIELDS = frozenset(SessionSettings.__dataclass_fields__)
+SESSION_UPDATABLE = frozenset(
+    {
+        "title",
+        "class_id",
+        "course_id",
+        "instructor_identities",
+        "scheduled_start_time",
+        "scheduled_end_time",
+        "capacity",
+        "settings",
+        "metadata",
+    }
+    | {f"settings.{name}" for name in SETTINGS_FIELDS}
+)
+PARTICIPANT_UPDATABLE = frozenset({"role", "permission_overrides", "display_name", "metadata"})
+
+
+def participant_to_proto(view: ParticipantView) -> pb.Participant:
+    p = view.participant
+    message = pb.Participant(
+        id=p.id,
+        session_id=p.session_id,
+        room_session_id=p.room_session_id or "",
+        identity=p.identity,
+        display_name=p.display_name,
+        role=p.role,
+        state=p.state,
+        permissions=list(view.permissions),
+        permission_overrides=overrides_to_proto(
+            PermissionOverrides.from_json(p.permission_overrides or {})
+        ),
+        leave_reason=p.leave_reason,
+        reconnect_count=p.reconnect_count,
+        metadata=dict(p.labels or {}),
+    )
+    for name in ("first_join_time", "join_time", "leave_time"):
+        set_time(getattr(message, name), getattr(p, name))
+    return message
+
+
+def snapshot_to_proto(snapshot: pr.Snapshot) -> pb.SessionSnapshot:
+    return pb.SessionSnapshot(
+        session=session_to_proto(snapshot.session),
+        local_participant=participant_to_proto(snapshot.local),
+        participants=[participant_to_proto(p) for p in snapshot.participants],
+        session_sequence=snapshot.session_sequence,
+    )
+
+
+def attendance_to_proto(view: AttendanceView) -> pb.Attendance:
+    message = pb.Attendance(session_id=view.session_id, finalized=view.finalized)
+    for mark in view.participants:
+        p = mark.participant
+        entry = message.participants.add(
+            participant_id=p.id,
+            identity=p.identity,
+            display_name=p.display_name,
+            role=p.role,
+            late=mark.late_by > timedelta(0),
+            left_early=mark.left_early_by > timedelta(0),
+            reconnect_count=p.reconnect_count,
+        )
+        set_duration(entry.total_duration, mark.total)
+        set_duration(entry.late_by, mark.late_by)
+        set_duration(entry.left_early_by, mark.left_early_by)
+        for interval in mark.intervals:
+            item = entry.intervals.add(
+                room_session_id=interval.room_session_id, leave_reason=interval.leave_reason
+            )
+            set_time(item.join_time, interval.join_time)
+            set_time(item.leave_time, interval.leave_time)
+    return message
+
+
+def action_error(action_id: str, error: DomainError) -> api.ConnectResponse:
+    from ..rpc.errors import STATUS_OF  # the one table of codes
+
+    code = 2
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            code = STATUS_OF[cls].value[0]
+            break
+    failure = api.ConnectResponse.ActionError(
+        code=code, reason=error.reason, message=error.message, metadata=error.metadata
+    )
+    for violation in getattr(error, "violations", ()):
+        failure.field_violations.add(field=violation.field, description=violation.description)
+    return api.ConnectResponse(action_id=action_id, error=failure)
+
+
+def connect_response(item) -> api.ConnectResponse:
+    if isinstance(item, pr.Push):
+        return api.ConnectResponse(sequence=item.sequence, event=item.event)
+    if isinstance(item, pr.Ack):
+        return api.ConnectResponse(
+            action_id=item.action_id, ack=api.ConnectResponse.ActionAck(created_id=item.created_id)
+        )
+    if isinstance(item, pr.ActionFailed):
+        return action_error(item.action_id, item.error)
+    if isinstance(item, pr.Joined):
+        joined = api.ConnectResponse.Joined(
+            participant_id=item.participant_id,
+            resume_token=item.resume_token,
+            resumed=item.resumed,
+            snapshot=snapshot_to_proto(item.snapshot),
+            last_sequence=item.last_sequence,
+        )
+        set_duration(joined.reconnect_grace, item.grace)
+        return api.ConnectResponse(joined=joined)
+    if isinstance(item, pr.RoomEntered):
+        return api.ConnectResponse(
+            sequence=item.sequence,
+            room_entered=api.ConnectResponse.RoomEntered(
+                reason=item.reason, snapshot=snapshot_to_proto(item.snapshot)
+            ),
+        )
+    if isinstance(item, pr.Pong):
+        pong = api.ConnectResponse.Pong()
+        if item.client_time is not None:
+            pong.client_time.CopyFrom(item.client_time)
+        set_time(pong.server_time, item.server_time)
+        return api.ConnectResponse(action_id=item.action_id, pong=pong)
+    if isinstance(item, pr.Disconnect):
+        return api.ConnectResponse(
+            disconnect=api.ConnectResponse.Disconnect(reason=item.reason, message=item.message)
+        )
+    raise TypeError(f"no conversion for {type(item).__name__}")
+
+
+MAX_ACTION_ID = 64
+
+
+def action_from_request(request: api.ConnectRequest) -> pr.Action:
+    """A client message as a domain action. Invalid ones become an `invalid` action carrying
+    the error, so the stream answers with an ActionError and goes on."""
+    action_id = request.action_id
+    try:
+        if len(action_id) > MAX_ACTION_ID:
+            raise InvalidArgument(
+                FieldViolation("action_id", f"must be at most {MAX_ACTION_ID} characters")
+            )
+        kind = request.WhichOneof("action")
+        if kind is None:
+            raise InvalidArgument(FieldViolation("action", "is required"))
+        return pr.Action(action_id, kind, _action_args(kind, getattr(request, kind)))
+    except InvalidArgument as exc:
+        return pr.Action(action_id[:MAX_ACTION_ID], "invalid", {"error": exc})
+
+
+def _target(message, one: str, every: str, path: str) -> str | None:
+    """The participant id of a oneof target, or None for "everyone" (which must be true)."""
+    which = message.WhichOneof("target")
+    if which == one:
+        if not getattr(message, one):
+            raise InvalidArgument(FieldViolation(f"{path}.{one}", "must not be empty"))
+        return getattr(message, one)
+    if which == every and getattr(message, every):
+        return None
+    raise InvalidArgument(FieldViolation(f"{path}.target", f"set {one} or {every}: true"))
+
+
+def _action_args(kind: str, m) -> dict:
+    if kind == "join":
+        return {
+            "resume_token": m.resume_token,
+            "after_sequence": m.after_sequence,
+            "manual_subscription": m.manual_subscription,
+        }
+    if kind == "ping":
+        return {"client_time": m.client_time if m.HasField("client_time") else None}
+    if kind == "leave" or kind == "raise_hand" or kind in ("start_session",):
+        return {}
+    if kind == "lower_hand":
+        which = m.WhichOneof("target")
+        if which is None:
+            return {"args": ("",)}  # the participant's own hand: resolved below
+        return {"args": (_target(m, "participant_id", "all", "lower_hand"),)}
+    if kind == "send_chat":
+        from ..domain.classroom import ChatDraft
+
+        return {
+            "args": (
+                ChatDraft(
+                    text=m.text,
+                    audience=m.audience,
+                    recipient_participant_id=m.recipient_participant_id,
+                    reply_to_message_id=m.reply_to_message_id,
+                ),
+            )
+        }
+    if kind == "answer_poll":
+        from ..domain.classroom import PollAnswerInput
+
+        return {"args": (PollAnswerInput(m.poll_id, tuple(m.option_ids)),)}
+    if kind == "react":
+        return {"args": (m.emoji,)}
+    if kind == "admit":
+        return {"participant_id": _target(m, "participant_id", "all_waiting", "admit")}
+    if kind == "deny":
+        return {"participant_id": m.participant_id, "message": m.message}
+    if kind == "mute_participant":
+        return {
+            "participant_id": _target(m, "participant_id", "all_learners", "mute_participant"),
+            "sources": tuple(m.sources),
+        }
+    if kind == "remove":
+        return {
+            "participant_id": m.participant_id,
+            "message": m.message,
+            "block_rejoin": m.block_rejoin,
+        }
+    if kind == "set_room_lock":
+        return {"locked": m.locked, "message": m.message}
+    if kind == "update_participant":
+        paths = []
+        if m.role:
+            paths.append("role")
+        if m.HasField("permission_overrides"):
+            paths.append("permission_overrides")
+        if not paths:
+            raise InvalidArgument(
+                FieldViolation("update_participant", "set role or permission_overrides")
+            )
+        return {
+            "participant_id": m.participant_id,
+            "paths": paths,
+            "role": m.role or None,
+            "overrides": overrides_from_proto(m.permission_overrides)
+            if m.HasField("permission_overrides")
+            else None,
+            "display_name": None,
+            "metadata": None,
+        }
+    if kind == "end_session":
+        return {"message": m.message}
+    # Breakouts, polls, media and signaling: answered NOT_YET_AVAILABLE by the domain.
+    return {}

@@ -47,6 +47,22 @@ class UnitOfWork:
         self.pending.append(PendingEvent(payload, session_id, occur_time or utcnow()))
 
     async def _write_events(self) -> None:
+        if not self.pending:
+            return
+        # One counter update per stream reserves the whole batch: a bulk change (an import,
+        # an ingest batch) costs two round trips for its numbering, not two per event.
+        next_tenant = await event_store.next_sequences(
+            self.session, self.tenant_id, event_store.TENANT_STREAM, len(self.pending)
+        )
+        per_session: dict[str, int] = {}
+        for item in self.pending:
+            if item.session_id:
+                per_session[item.session_id] = per_session.get(item.session_id, 0) + 1
+        next_session = {
+            sid: await event_store.next_sequences(self.session, self.tenant_id, sid, count)
+            for sid, count in sorted(per_session.items())
+        }
+        rows = []
         for item in self.pending:
             envelope = event_pb2.Event(
                 id=str(uuid.uuid4()), tenant_id=self.tenant_id, session_id=item.session_id or ""
@@ -55,14 +71,12 @@ class UnitOfWork:
             envelope.type = event_type
             envelope.occur_time.FromDatetime(item.occur_time)
             envelope.actor.CopyFrom(self.actor)
-            envelope.sequence = await event_store.next_sequence(
-                self.session, self.tenant_id, event_store.TENANT_STREAM
-            )
+            envelope.sequence = next_tenant
+            next_tenant += 1
             if item.session_id:
-                envelope.session_sequence = await event_store.next_sequence(
-                    self.session, self.tenant_id, item.session_id
-                )
-            self.session.add(
+                envelope.session_sequence = next_session[item.session_id]
+                next_session[item.session_id] += 1
+            rows.append(
                 Event(
                     id=envelope.id,
                     tenant_id=self.tenant_id,
@@ -75,6 +89,7 @@ class UnitOfWork:
                 )
             )
             self.committed.append(envelope)
+        self.session.add_all(rows)
         self.pending.clear()
 
 

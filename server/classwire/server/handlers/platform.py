@@ -8,10 +8,14 @@ from classwire.api.platform.v1 import resources_pb2 as pb
 from classwire.api.platform.v1 import service_pb2 as api
 from classwire.api.platform.v1 import service_pb2_grpc
 
+from ..convert import data as delivery_conv
 from ..convert import platform as conv
 from ..convert.common import duration_or_none, mask_paths, time_or_none
-from ..domain.errors import FieldViolation, InvalidArgument, Unimplemented
+from ..domain.errors import FieldViolation, InvalidArgument
 from ..domain.platform import PlatformDomain, TenantSettings
+from ..domain.usage import UsageDomain
+from ..domain.webhook_deliveries import WebhookDeliveries
+from ..events import webhooks
 from ..rpc.context import principal
 from .idempotency import key_for
 
@@ -221,23 +225,27 @@ class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
         return api.RotateWebhookSecretResponse(endpoint=conv.endpoint_to_proto(view), secret=secret)
 
     async def ListWebhookDeliveries(self, request, context):
-        principal().require("platform:read")
-        raise Unimplemented(
-            "webhook deliveries arrive with the data-and-integrations capability (webhook "
-            "dispatcher); endpoints can already be registered",
-            reason="NOT_YET_AVAILABLE",
+        views, token = await self._deliveries().list_deliveries(
+            principal(), request.endpoint_id, request.state, request.page_size, request.page_token
+        )
+        return api.ListWebhookDeliveriesResponse(
+            deliveries=[delivery_conv.delivery_to_proto(v) for v in views], next_page_token=token
         )
 
     async def RedeliverWebhook(self, request, context):
-        principal().require("platform:write")
-        raise Unimplemented(
-            "webhook redelivery arrives with the data-and-integrations capability",
-            reason="NOT_YET_AVAILABLE",
+        view = await self._deliveries().redeliver(
+            principal(), request.endpoint_id, request.event_id
         )
+        return api.RedeliverWebhookResponse(delivery=delivery_conv.delivery_to_proto(view))
 
     async def GetUsage(self, request, context):
-        principal().require("platform:read")
-        raise Unimplemented(
-            "usage metering arrives with the data-and-integrations capability",
-            reason="NOT_YET_AVAILABLE",
+        days = await UsageDomain(self.domain.db).get_usage(
+            principal(),
+            time_or_none(request, "start_time"),
+            time_or_none(request, "end_time"),
         )
+        return api.GetUsageResponse(days=[delivery_conv.usage_day_to_proto(d) for d in days])
+
+    def _deliveries(self) -> WebhookDeliveries:
+        # Stateless over the platform domain's database and units of work.
+        return WebhookDeliveries(self.domain.db, self.domain.uow, queued=webhooks.nudge)

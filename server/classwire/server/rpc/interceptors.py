@@ -22,6 +22,7 @@ from prometheus_client import Counter, Histogram
 from ..domain.auth import RateLimiter
 from ..domain.authenticate import Authenticator
 from ..domain.errors import DomainError
+from ..domain.usage import METER
 from . import context
 from .errors import internal_status, to_status
 
@@ -143,6 +144,8 @@ class ClasswireInterceptor(aio.ServerInterceptor):
             duration_ms=round(elapsed * 1000, 3),
         )
         context.set_principal(None)
+        if call.tenant:
+            METER.count(call.tenant)  # usage metering: API calls per tenant and day
 
     # -- wrappers per call type -------------------------------------------------------------
 

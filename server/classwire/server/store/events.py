@@ -34,6 +34,18 @@ async def next_sequence(session: AsyncSession, tenant_id: str, stream: str) -> i
     return await next_sequence(session, tenant_id, stream)
 
 
+async def next_sequences(session: AsyncSession, tenant_id: str, stream: str, count: int) -> int:
+    """Reserves `count` consecutive sequences of a stream in one step; returns the first."""
+    first = await next_sequence(session, tenant_id, stream)
+    if count > 1:
+        await session.execute(
+            update(EventCounter)
+            .where(EventCounter.tenant_id == tenant_id, EventCounter.stream == stream)
+            .values(last_sequence=EventCounter.last_sequence + (count - 1))
+        )
+    return first
+
+
 async def read_after(
     session: AsyncSession,
     tenant_id: str,

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -189,6 +190,9 @@ class LiveSession(Base):
     end_time: Mapped[datetime | None]
     end_reason: Mapped[int] = mapped_column(Integer, default=0)
     end_message: Mapped[str] = mapped_column(Text, default="")
+    # Since when the live room has had nobody in it (the empty-room timer's episode); None
+    # while someone is in the room.
+    empty_since: Mapped[datetime | None]
 
 
 class SessionInstructor(Base):
@@ -224,6 +228,52 @@ class SessionParticipant(Base):
     display_name: Mapped[str] = mapped_column(String(100))
     role: Mapped[int] = mapped_column(Integer)
     create_time: Mapped[datetime]
+    # session.v1 ParticipantState number; INVITED (1) until the first connection.
+    state: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The room it is in now: the session or one of its breakout rooms; None before joining.
+    room_session_id: Mapped[str | None] = mapped_column(String(64))
+    # The participant's own PermissionOverrides (grant/revoke lists); None: none.
+    permission_overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    labels: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    first_join_time: Mapped[datetime | None]
+    join_time: Mapped[datetime | None]
+    leave_time: Mapped[datetime | None]
+    leave_reason: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reconnect_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Held in the waiting room only until an instructor joins (not by the waiting-room setting).
+    held_for_instructor: Mapped[bool] = mapped_column(default=False, server_default=false())
+    removed: Mapped[bool] = mapped_column(default=False, server_default=false())
+    rejoin_blocked: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Resume tokens are HMACs of (participant, epoch) under this per-participant key; every
+    # Joined moves the epoch on, so only the latest token resumes. Kept here so they survive a
+    # restart.
+    resume_key: Mapped[str | None] = mapped_column(String(64))
+    resume_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    disconnect_time: Mapped[datetime | None]
+    resume_deadline: Mapped[datetime | None]
+    # The join token of the current connection, so revoking it disconnects the participant.
+    connection_token_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class AttendanceInterval(Base):
+    """One stay of a participant in one room, from entering to leaving. A resumed reconnection
+    keeps the interval open; leaving, a move between rooms or the session's end closes it."""
+
+    __tablename__ = "attendance_intervals"
+    __table_args__ = (
+        Index("ix_attendance_intervals_session", "session_id", "participant_id", "join_time"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    # The main session, whichever room the interval was in.
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    participant_id: Mapped[str] = mapped_column(ForeignKey("participants.id", ondelete="CASCADE"))
+    room_session_id: Mapped[str] = mapped_column(String(64))
+    role: Mapped[int] = mapped_column(Integer)
+    join_time: Mapped[datetime]
+    leave_time: Mapped[datetime | None]
+    leave_reason: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class JoinToken(Base):

@@ -8,13 +8,14 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import (
     ApiKey,
+    AttendanceInterval,
     Event,
     IdempotencyRecord,
     JoinToken,
@@ -62,6 +63,16 @@ async def get_api_key(session: AsyncSession, tenant_id: str, key_id: str) -> Api
     return await session.scalar(
         select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id)
     )
+
+
+async def read_api_key(session: AsyncSession, tenant_id: str, key_id: str):
+    """A read-only row of a key (attribute access like the model). A Core query skips the ORM's
+    identity map and instance state, which costs more than the lookup itself on hot paths."""
+    table = ApiKey.__table__
+    result = await session.execute(
+        select(table).where(table.c.tenant_id == tenant_id, table.c.id == key_id)
+    )
+    return result.first()
 
 
 async def find_api_key(session: AsyncSession, key_id: str) -> ApiKey | None:
@@ -240,6 +251,166 @@ async def get_join_token(session: AsyncSession, tenant_id: str, token_id: str) -
     return await session.scalar(
         select(JoinToken).where(JoinToken.tenant_id == tenant_id, JoinToken.id == token_id)
     )
+
+
+async def lock_live_session(
+    session: AsyncSession, tenant_id: str, session_id: str
+) -> LiveSession | None:
+    """The session row, locked until commit on PostgreSQL (SQLite writers are serialized), so
+    joins, capacity checks and lifecycle moves of one session happen one at a time."""
+    return await session.scalar(
+        select(LiveSession)
+        .where(LiveSession.tenant_id == tenant_id, LiveSession.id == session_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
+async def child_sessions(
+    session: AsyncSession, tenant_id: str, parent_id: str
+) -> list[LiveSession]:
+    query = select(LiveSession).where(
+        LiveSession.tenant_id == tenant_id, LiveSession.parent_session_id == parent_id
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def get_participant(
+    session: AsyncSession, tenant_id: str, participant_id: str, *, lock: bool = False
+) -> SessionParticipant | None:
+    query = select(SessionParticipant).where(
+        SessionParticipant.tenant_id == tenant_id, SessionParticipant.id == participant_id
+    )
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return await session.scalar(query)
+
+
+def participants(
+    tenant_id: str,
+    session_id: str,
+    *,
+    states: Collection[int] = (),
+    roles: Collection[int] = (),
+    room_session_id: str = "",
+) -> Select:
+    query = select(SessionParticipant).where(
+        SessionParticipant.tenant_id == tenant_id, SessionParticipant.session_id == session_id
+    )
+    if states:
+        query = query.where(SessionParticipant.state.in_(list(states)))
+    if roles:
+        query = query.where(SessionParticipant.role.in_(list(roles)))
+    if room_session_id:
+        query = query.where(SessionParticipant.room_session_id == room_session_id)
+    return query
+
+
+async def participants_list(
+    session: AsyncSession, tenant_id: str, session_id: str, **filters
+) -> list[SessionParticipant]:
+    query = participants(tenant_id, session_id, **filters).order_by(
+        SessionParticipant.first_join_time, SessionParticipant.id
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def participants_in_states(
+    session: AsyncSession, states: Collection[int]
+) -> list[SessionParticipant]:
+    """Participants of every tenant in these states (start-up recovery only)."""
+    query = select(SessionParticipant).where(SessionParticipant.state.in_(list(states)))
+    return list((await session.scalars(query)).all())
+
+
+def first_join_key(never: datetime):
+    """The sort key of participant lists: first join, with those who never joined last."""
+    return func.coalesce(SessionParticipant.first_join_time, never)
+
+
+async def count_participants(
+    session: AsyncSession, tenant_id: str, session_id: str, states: Collection[int]
+) -> int:
+    query = (
+        select(func.count())
+        .select_from(SessionParticipant)
+        .where(
+            SessionParticipant.tenant_id == tenant_id,
+            SessionParticipant.session_id == session_id,
+            SessionParticipant.state.in_(list(states)),
+        )
+    )
+    return int(await session.scalar(query) or 0)
+
+
+async def instructor_has_joined(
+    session: AsyncSession, tenant_id: str, session_id: str, roles: Collection[int]
+) -> bool:
+    query = select(SessionParticipant.id).where(
+        SessionParticipant.tenant_id == tenant_id,
+        SessionParticipant.session_id == session_id,
+        SessionParticipant.role.in_(list(roles)),
+        SessionParticipant.first_join_time.is_not(None),
+    )
+    return (await session.scalar(query.limit(1))) is not None
+
+
+async def live_join_tokens(
+    session: AsyncSession, tenant_id: str, participant_id: str
+) -> list[JoinToken]:
+    query = select(JoinToken).where(
+        JoinToken.tenant_id == tenant_id,
+        JoinToken.participant_id == participant_id,
+        JoinToken.revoke_time.is_(None),
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def open_interval(
+    session: AsyncSession, tenant_id: str, participant_id: str
+) -> AttendanceInterval | None:
+    query = select(AttendanceInterval).where(
+        AttendanceInterval.tenant_id == tenant_id,
+        AttendanceInterval.participant_id == participant_id,
+        AttendanceInterval.leave_time.is_(None),
+    )
+    return await session.scalar(query.order_by(AttendanceInterval.join_time.desc()).limit(1))
+
+
+async def attendance_intervals(
+    session: AsyncSession, tenant_id: str, session_id: str
+) -> list[AttendanceInterval]:
+    query = (
+        select(AttendanceInterval)
+        .where(
+            AttendanceInterval.tenant_id == tenant_id, AttendanceInterval.session_id == session_id
+        )
+        .order_by(
+            AttendanceInterval.participant_id, AttendanceInterval.join_time, AttendanceInterval.id
+        )
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def family_events_after(
+    session: AsyncSession, tenant_id: str, main_session_id: str, after_sequence: int, limit: int
+) -> list[Event]:
+    """Events of a session and of its breakout rooms after a tenant sequence, oldest first."""
+    family = select(LiveSession.id).where(
+        LiveSession.tenant_id == tenant_id,
+        or_(LiveSession.id == main_session_id, LiveSession.parent_session_id == main_session_id),
+    )
+    query = (
+        select(Event)
+        .where(
+            Event.tenant_id == tenant_id,
+            Event.sequence > after_sequence,
+            Event.session_id.in_(family),
+        )
+        .order_by(Event.sequence)
+        .limit(limit)
+    )
+    return list((await session.scalars(query)).all())
 
 
 # The event log, read through the API ------------------------------------------------------------

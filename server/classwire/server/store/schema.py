@@ -4,6 +4,6 @@ Migrations and the schema check compare against this, so a model module missing 
 model missing from both.
 """
 
-from . import classroom_models, models, roster_models, scheduling_models  # noqa: F401
+from . import classroom_models, data_models, models, roster_models, scheduling_models  # noqa: F401
 
 Base = models.Base

@@ -5,7 +5,7 @@ import warnings
 
 from classwire.api.data.v1 import service_pb2 as classwire_dot_api_dot_data_dot_v1_dot_service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class DataServiceStub:
+class DataServiceStub(object):
     """The data area of classwire.
 
     Every RPC is called with an API key (`authorization: Bearer <api key>`) and acts within the
@@ -194,7 +194,7 @@ class DataServiceStub:
                 _registered_method=True)
 
 
-class DataServiceServicer:
+class DataServiceServicer(object):
     """The data area of classwire.
 
     Every RPC is called with an API key (`authorization: Bearer <api key>`) and acts within the
@@ -712,7 +712,7 @@ def add_DataServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class DataService:
+class DataService(object):
     """The data area of classwire.
 
     Every RPC is called with an API key (`authorization: Bearer <api key>`) and acts within the

@@ -5,7 +5,7 @@ import warnings
 
 from classwire.api.media.v1 import service_pb2 as classwire_dot_api_dot_media_dot_v1_dot_service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class MediaServiceStub:
+class MediaServiceStub(object):
     """The media plane of live sessions: tracks, server-side mute, recordings and their download,
     transcription control, talk time and quality statistics. WebRTC signaling (offers, answers, ICE
     candidates, publish and subscribe) travels on the participant connection,
@@ -135,7 +135,7 @@ class MediaServiceStub:
                 _registered_method=True)
 
 
-class MediaServiceServicer:
+class MediaServiceServicer(object):
     """The media plane of live sessions: tracks, server-side mute, recordings and their download,
     transcription control, talk time and quality statistics. WebRTC signaling (offers, answers, ICE
     candidates, publish and subscribe) travels on the participant connection,
@@ -431,7 +431,7 @@ def add_MediaServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class MediaService:
+class MediaService(object):
     """The media plane of live sessions: tracks, server-side mute, recordings and their download,
     transcription control, talk time and quality statistics. WebRTC signaling (offers, answers, ICE
     candidates, publish and subscribe) travels on the participant connection,

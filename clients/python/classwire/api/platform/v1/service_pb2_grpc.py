@@ -5,7 +5,7 @@ import warnings
 
 from classwire.api.platform.v1 import service_pb2 as classwire_dot_api_dot_platform_dot_v1_dot_service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class PlatformServiceStub:
+class PlatformServiceStub(object):
     """PlatformService manages tenants and their credentials, the keys that sign participant tokens,
     webhook endpoints and their deliveries, and metered usage.
 
@@ -142,7 +142,7 @@ class PlatformServiceStub:
                 _registered_method=True)
 
 
-class PlatformServiceServicer:
+class PlatformServiceServicer(object):
     """PlatformService manages tenants and their credentials, the keys that sign participant tokens,
     webhook endpoints and their deliveries, and metered usage.
 
@@ -434,7 +434,7 @@ def add_PlatformServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class PlatformService:
+class PlatformService(object):
     """PlatformService manages tenants and their credentials, the keys that sign participant tokens,
     webhook endpoints and their deliveries, and metered usage.
 

@@ -5,7 +5,7 @@ import warnings
 
 from classwire.api.roster.v1 import service_pb2 as classwire_dot_api_dot_roster_dot_v1_dot_service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class RosterServiceStub:
+class RosterServiceStub(object):
     """Who learns and teaches. Every RPC is called with an API key (`authorization: Bearer <key>`);
     `admin` keys may call all of them. Every error carries a `google.rpc.ErrorInfo` with domain
     `classwire.dev`; a resource of another tenant is NOT_FOUND exactly as a missing one. Any RPC
@@ -201,7 +201,7 @@ class RosterServiceStub:
                 _registered_method=True)
 
 
-class RosterServiceServicer:
+class RosterServiceServicer(object):
     """Who learns and teaches. Every RPC is called with an API key (`authorization: Bearer <key>`);
     `admin` keys may call all of them. Every error carries a `google.rpc.ErrorInfo` with domain
     `classwire.dev`; a resource of another tenant is NOT_FOUND exactly as a missing one. Any RPC
@@ -727,7 +727,7 @@ def add_RosterServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class RosterService:
+class RosterService(object):
     """Who learns and teaches. Every RPC is called with an API key (`authorization: Bearer <key>`);
     `admin` keys may call all of them. Every error carries a `google.rpc.ErrorInfo` with domain
     `classwire.dev`; a resource of another tenant is NOT_FOUND exactly as a missing one. Any RPC

@@ -5,7 +5,7 @@ import warnings
 
 from classwire.api.session.v1 import service_pb2 as classwire_dot_api_dot_session_dot_v1_dot_service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class SessionServiceStub:
+class SessionServiceStub(object):
     """The live classroom: sessions and their lifecycle, join tokens, participants and moderation,
     hand raise, chat, reactions, polls, breakout rooms, attendance, the session watch stream for
     backend services, and the participant connection (Connect), which also carries WebRTC signaling
@@ -232,7 +232,7 @@ class SessionServiceStub:
                 _registered_method=True)
 
 
-class SessionServiceServicer:
+class SessionServiceServicer(object):
     """The live classroom: sessions and their lifecycle, join tokens, participants and moderation,
     hand raise, chat, reactions, polls, breakout rooms, attendance, the session watch stream for
     backend services, and the participant connection (Connect), which also carries WebRTC signaling
@@ -867,7 +867,7 @@ def add_SessionServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class SessionService:
+class SessionService(object):
     """The live classroom: sessions and their lifecycle, join tokens, participants and moderation,
     hand raise, chat, reactions, polls, breakout rooms, attendance, the session watch stream for
     backend services, and the participant connection (Connect), which also carries WebRTC signaling

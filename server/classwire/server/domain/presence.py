@@ -1,0 +1,712 @@
+"""Presence: the participant connections open on this replica and the pushes they receive.
+
+A connection is the stream being open. Everything a participant sees comes from the durable
+event log: one reader per main session (a `RoomFeed`) reads the events of the session and its
+breakout rooms in log order and offers each to the connections of that session, which filter it
+to what their participant may see. Moderation therefore needs no side channel: a connection
+reacts to the events about its own participant (admitted, denied, removed, moved, session ended)
+whichever replica wrote them.
+
+Push sequences are derived from the log, not stored: a push caused by the event with tenant
+sequence `s` has sequence `4 * s + k` (k: 0 the event itself, 1 a room change it caused). They
+increase strictly across all of a participant's connections, and a resumed connection replays
+its missed pushes by reading the log after `after_sequence // 4` again, also after a restart.
+
+Single-replica assumptions (see the area README): the feed readers, the connection registry and
+the action-id replay cache live in this process; after a crash, `SessionsDomain.recover_
+connections` treats every participant still marked connected as reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from classwire.api.common.v1 import common_pb2
+from classwire.api.events.v1 import event_pb2
+from classwire.api.events.v1 import session_events_pb2 as ev
+
+from ..events.catalogue import unwrap
+from ..events.wakeups import Wakeups
+from ..store import events as event_store
+from ..store import repositories as repo
+from ..store.engine import Database
+from ..store.types import utcnow
+from . import sessions as s
+from .auth import Principal
+from .errors import (
+    DomainError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+    Unimplemented,
+)
+
+log = structlog.get_logger(__name__)
+
+ROOM_ENTERED_ADMITTED = 1
+ROOM_ENTERED_MOVED = 2
+ROOM_ENTERED_BREAKOUTS_CLOSED = 3
+ACTION_CACHE = 256
+FEED_BATCH = 500
+
+# Events never pushed to participants: token bookkeeping and backend-facing records.
+HIDDEN = frozenset(
+    {
+        "SessionCreated",
+        "JoinTokenIssued",
+        "JoinTokenRevoked",
+        "AttendanceIntervalRecorded",
+        "AttendanceFinalized",
+    }
+)
+# Events of the main session every room of it receives.
+SESSION_WIDE = frozenset(
+    {
+        "SessionUpdated",
+        "SessionStateChanged",
+        "SessionEnded",
+        "SessionCancelled",
+        "BreakoutsOpened",
+        "BreakoutParticipantMoved",
+        "BreakoutBroadcast",
+        "BreakoutsClosing",
+        "BreakoutsClosed",
+    }
+)
+MODERATORS_ONLY = frozenset({"ParticipantWaiting", "ParticipantDenied"})
+
+
+# What the handler sends to the domain ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Action:
+    """One client message: `kind` names it (`join`, `leave`, `ping`, `raise_hand`, ...) and
+    `args` carries its converted fields."""
+
+    action_id: str
+    kind: str
+    args: dict = field(default_factory=dict)
+
+
+# What the domain sends back ------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    session: s.SessionView
+    local: s.ParticipantView
+    participants: list[s.ParticipantView]
+    session_sequence: int
+
+
+@dataclass
+class Joined:
+    participant_id: str
+    resume_token: str
+    resumed: bool
+    grace: timedelta
+    snapshot: Snapshot
+    last_sequence: int
+
+
+@dataclass
+class Push:
+    sequence: int
+    event: event_pb2.Event
+
+
+@dataclass
+class RoomEntered:
+    sequence: int
+    reason: int
+    snapshot: Snapshot
+
+
+@dataclass
+class Ack:
+    action_id: str
+    created_id: str = ""
+
+
+@dataclass
+class ActionFailed:
+    action_id: str
+    error: DomainError
+
+
+@dataclass
+class Pong:
+    action_id: str
+    client_time: Any
+    server_time: datetime
+
+
+@dataclass
+class Disconnect:
+    reason: int
+    message: str = ""
+
+
+class _Shutdown:
+    pass
+
+
+def _name(envelope: event_pb2.Event) -> str:
+    return envelope.type.rsplit(".", 1)[-1]
+
+
+class Connection:
+    """One open participant stream and the filter of what its participant sees."""
+
+    def __init__(self, presence: Presence, principal: Principal, result: s.JoinResult) -> None:
+        self.presence = presence
+        self.principal = principal
+        p = result.participant
+        self.tenant_id = principal.tenant_id
+        self.participant_id = p.id
+        self.main_session_id = p.session_id
+        self.room = p.room_session_id or p.session_id
+        self.role = p.role
+        self.permissions = set(s.effective_permissions(p, result.session.settings))
+        self.waiting = result.waiting
+        self.epoch = result.epoch
+        self.cursor = result.cursor  # the tenant sequence of the last event considered
+        # Events up to this one include this connection's own join: never a takeover.
+        self.joined_at = result.cursor
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.closed = False  # the server ended it: no drop to record
+        self.pending_message = ""
+        self.tasks: set[asyncio.Task] = set()
+
+    @property
+    def moderator(self) -> bool:
+        return s.MODERATE in self.permissions
+
+    # -- filtering ---------------------------------------------------------------------------
+
+    def visible(self, envelope: event_pb2.Event) -> event_pb2.Event | None:
+        name = _name(envelope)
+        if self.waiting or name in HIDDEN:
+            return None
+        if envelope.session_id != self.room and not (
+            envelope.session_id == self.main_session_id and name in SESSION_WIDE
+        ):
+            return None
+        if name in MODERATORS_ONLY and not self.moderator:
+            return None
+        payload = unwrap(envelope)
+        if name == "ChatMessagePosted":
+            me = self.participant_id
+            if payload.audience == ev.CHAT_AUDIENCE_INSTRUCTORS:
+                if self.role not in s.HOSTS and payload.sender_participant_id != me:
+                    return None
+            elif payload.audience == ev.CHAT_AUDIENCE_PARTICIPANT:
+                if me not in (payload.recipient_participant_id, payload.sender_participant_id):
+                    return None
+        elif name == "PollCreated" and payload.correct_option_ids and not self.moderator:
+            envelope = _copy(envelope)
+            envelope.session.poll_created.ClearField("correct_option_ids")
+        elif name == "QualitySampleRecorded":
+            if getattr(payload, "participant_id", "") != self.participant_id:
+                return None
+        return envelope
+
+    # -- the feed ----------------------------------------------------------------------------
+
+    def offer(self, envelope: event_pb2.Event) -> None:
+        """Called by the feed for every event of the session family, in log order."""
+        if self.closed or envelope.sequence <= self.cursor:
+            return
+        self.cursor = envelope.sequence
+        for item in self.react(envelope):
+            self.queue.put_nowait(item)
+
+    def react(self, envelope: event_pb2.Event) -> list:
+        """The pushes one event makes, and the changes it makes to this connection."""
+        out: list = []
+        name = _name(envelope)
+        payload = unwrap(envelope)
+        mine = getattr(payload, "participant_id", None) == self.participant_id
+        shown = self.visible(envelope)
+        if shown is not None:
+            out.append(Push(envelope.sequence * 4, shown))
+        if name in ("SessionEnded", "SessionCancelled"):
+            if envelope.session_id == self.main_session_id:
+                message = payload.message if name == "SessionEnded" else payload.reason
+                out.append(self._end(s.LR_SESSION_ENDED, message))
+        elif not mine or envelope.sequence <= self.joined_at:
+            pass
+        elif name in ("ParticipantRemoved", "ParticipantDenied"):
+            self.pending_message = payload.message
+        elif name == "ParticipantLeft":
+            if payload.reason != s.LR_MOVED:  # a move between rooms keeps the connection
+                out.append(self._end(payload.reason, self.pending_message))
+        elif name in ("ParticipantResumed", "ParticipantJoined"):
+            if envelope.actor.kind != common_pb2.Actor.KIND_PARTICIPANT:
+                return out  # written by a room move, not by another connection
+            # Another connection took this participant over.
+            out.append(self._end(s.LR_DUPLICATE_IDENTITY, ""))
+        elif name == "ParticipantAdmitted" and self.waiting:
+            self.waiting = False
+            out.append(self._room_entered(envelope, ROOM_ENTERED_ADMITTED, self.room))
+        elif name in ("ParticipantRoleChanged", "ParticipantPermissionsChanged"):
+            if name == "ParticipantRoleChanged":
+                self.role = payload.role
+            self.permissions = set(payload.permissions)
+        elif name == "BreakoutParticipantMoved":
+            out.append(self._room_entered(envelope, ROOM_ENTERED_MOVED, payload.to_session_id))
+        if name == "BreakoutsClosed" and self.room in payload.session_ids:
+            out.append(
+                self._room_entered(envelope, ROOM_ENTERED_BREAKOUTS_CLOSED, self.main_session_id)
+            )
+        return out
+
+    def _end(self, reason: int, message: str) -> Disconnect:
+        self.closed = True
+        return Disconnect(reason, message)
+
+    def _room_entered(self, envelope: event_pb2.Event, reason: int, room: str):
+        previous, self.room = self.room, room
+        if previous != room:
+            moved = s.LR_MOVED
+            self.presence.spawn(
+                self.presence.sessions.record_move(self.tenant_id, self.participant_id, room, moved)
+            )
+        # The snapshot is read when the push is sent, so it reflects the room as entered.
+        return _PendingRoomEntered(envelope.sequence * 4 + 1, reason, room)
+
+
+@dataclass
+class _PendingRoomEntered:
+    sequence: int
+    reason: int
+    room: str
+
+
+def _copy(envelope: event_pb2.Event) -> event_pb2.Event:
+    copied = event_pb2.Event()
+    copied.CopyFrom(envelope)
+    return copied
+
+
+class RoomFeed:
+    """Reads one main session's events (its breakout rooms' too) and offers them to the
+    session's connections on this replica, in log order."""
+
+    def __init__(self, presence: Presence, tenant_id: str, session_id: str, cursor: int) -> None:
+        self.presence = presence
+        self.tenant_id = tenant_id
+        self.session_id = session_id
+        self.cursor = cursor
+        self.connections: set[Connection] = set()
+        self.task: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        db, wakeups = self.presence.db, self.presence.wakeups
+        while self.connections:
+            try:
+                async with db.reader() as session:
+                    head = await event_store.last_sequence(
+                        session, self.tenant_id, event_store.TENANT_STREAM
+                    )
+                    rows = await repo.family_events_after(
+                        session, self.tenant_id, self.session_id, self.cursor, FEED_BATCH
+                    )
+                for row in rows:
+                    envelope = event_pb2.Event.FromString(row.payload)
+                    if envelope.actor.kind == common_pb2.Actor.KIND_API_KEY:
+                        # Participants see that a backend acted, never which key.
+                        envelope.actor.ClearField("id")
+                    self.cursor = row.sequence
+                    for connection in list(self.connections):
+                        connection.offer(envelope)
+                if len(rows) == FEED_BATCH:
+                    continue
+                # Everything up to the head read before the events has been seen.
+                self.cursor = max(self.cursor, head)
+                await wakeups.wait(self.tenant_id, head, self.presence.poll_interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("room feed failed; retrying", session_id=self.session_id)
+                await asyncio.sleep(0.5)
+
+
+class Presence:
+    def __init__(
+        self,
+        db: Database,
+        wakeups: Wakeups,
+        sessions: s.SessionsDomain,
+        classroom: Any,
+        *,
+        poll_interval: float = 2.0,
+    ) -> None:
+        self.db = db
+        self.wakeups = wakeups
+        self.sessions = sessions
+        self.classroom = classroom
+        self.poll_interval = poll_interval
+        self.feeds: dict[tuple[str, str], RoomFeed] = {}
+        self.connections: dict[str, Connection] = {}
+        self.closing = False
+        self._tasks: set[asyncio.Task] = set()
+        # participant id -> action id -> the answer sent (replayed for a repeated action id).
+        self._answers: dict[str, OrderedDict] = {}
+
+    def spawn(self, coro: Awaitable) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+        return task
+
+    # -- the connection ----------------------------------------------------------------------
+
+    async def connect(self, principal: Principal, actions: AsyncIterator[Action]) -> AsyncIterator:
+        claims = principal.participant
+        if claims is None:
+            raise PermissionDenied(
+                "Connect needs a participant token", reason="PARTICIPANT_TOKEN_REQUIRED"
+            )
+        self._check_open()
+        iterator = actions.__aiter__()
+        try:
+            first = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        if first.kind != "join":
+            raise InvalidArgument(
+                FieldViolation("join", "the first message must be a join"),
+                reason="JOIN_REQUIRED",
+            )
+        resume_token = first.args.get("resume_token", "")
+        after = int(first.args.get("after_sequence", 0))
+        replay: list = []
+        replay_head = 0
+        if resume_token:
+            replay, replay_head = await self._replay(principal, after)
+        result = await self.sessions.join(principal, resume_token, len(replay))
+        connection = Connection(self, principal, result)
+        if not result.resumed:
+            replay = []
+        else:
+            connection.cursor = max(replay_head, after // 4)
+        snapshot = await self.snapshot(connection)
+        last = max([after] + [item.sequence for item in replay]) if result.resumed else 0
+        yield Joined(
+            result.participant.id,
+            result.resume_token,
+            result.resumed,
+            result.grace,
+            snapshot,
+            max(last, connection.cursor * 4 + 3) if not result.resumed else last,
+        )
+        for item in replay:
+            yield await self._materialize(connection, item)
+        self.connections[connection.participant_id] = connection
+        await self._attach(connection)
+        reader = asyncio.ensure_future(self._read_actions(connection, iterator))
+        try:
+            while True:
+                item = await connection.queue.get()
+                if isinstance(item, _Shutdown):
+                    raise Unavailable(
+                        "the server is shutting down; resume on another replica or after the "
+                        "restart",
+                        reason="SERVER_SHUTTING_DOWN",
+                    )
+                if item is None:  # the client closed its side or the stream broke
+                    break
+                item = await self._materialize(connection, item)
+                yield item
+                if isinstance(item, Disconnect):
+                    connection.closed = True
+                    break
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            self._detach(connection)
+            if self.connections.get(connection.participant_id) is connection:
+                del self.connections[connection.participant_id]
+            if not connection.closed:
+                connection.closed = True
+                # Shielded from the stream's cancellation: the drop must be recorded.
+                self.spawn(
+                    self.sessions.drop(
+                        connection.tenant_id, connection.participant_id, connection.epoch
+                    )
+                )
+
+    async def _read_actions(self, connection: Connection, iterator) -> None:
+        try:
+            async for action in iterator:
+                if action.kind == "leave":
+                    connection.closed = True
+                    await self.sessions.leave(connection.principal, connection.epoch)
+                    connection.queue.put_nowait(Disconnect(s.LR_LEFT, ""))
+                    return
+                answer = await self._answer(connection, action)
+                if answer is not None:
+                    connection.queue.put_nowait(answer)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.debug("participant stream ended", exc_info=True)
+        connection.queue.put_nowait(None)
+
+    async def _answer(self, connection: Connection, action: Action):
+        answers = self._answers.setdefault(connection.participant_id, OrderedDict())
+        if action.action_id and action.action_id in answers:
+            return answers[action.action_id]
+        if action.kind == "ping":
+            return Pong(action.action_id, action.args.get("client_time"), utcnow())
+        try:
+            if action.kind == "join":
+                raise FailedPrecondition("already joined", reason="ALREADY_JOINED")
+            if action.kind == "invalid":
+                raise action.args["error"]
+            if connection.waiting:
+                raise FailedPrecondition(
+                    "wait until a moderator admits you", reason="PARTICIPANT_WAITING"
+                )
+            created = await self._perform(connection, action)
+            answer: Ack | ActionFailed = Ack(action.action_id, created or "")
+        except InvalidArgument as exc:
+            # Field paths of the unary request become paths within the action.
+            prefix = f"{action.kind}."
+            exc.violations = [
+                v
+                if v.field.startswith(prefix) or action.kind == "invalid"
+                else FieldViolation(prefix + v.field, v.description)
+                for v in exc.violations
+            ]
+            answer = ActionFailed(action.action_id, exc)
+        except DomainError as exc:
+            answer = ActionFailed(action.action_id, exc)
+        if action.action_id:
+            answers[action.action_id] = answer
+            while len(answers) > ACTION_CACHE:
+                answers.popitem(last=False)
+        return answer
+
+    async def _perform(self, connection: Connection, action: Action) -> str | None:
+        principal, session_id, a = connection.principal, connection.room, action.args
+        main = connection.main_session_id
+        sessions, classroom = self.sessions, self.classroom
+        kind = action.kind
+        if kind in CLASSROOM_ACTIONS:
+            method: Callable = getattr(classroom, CLASSROOM_ACTIONS[kind])
+            args = a.get("args", ())
+            if kind == "lower_hand" and args == ("",):
+                args = (connection.participant_id,)  # no target: the participant's own hand
+            result = await method(principal, session_id, *args)
+            return _created_id(result)
+        if kind == "admit":
+            await sessions.admit(principal, main, a.get("participant_id"))
+        elif kind == "deny":
+            await sessions.deny(principal, main, a["participant_id"], a.get("message", ""))
+        elif kind == "mute_participant":
+            await sessions.mute(principal, session_id, a.get("participant_id"), a["sources"])
+        elif kind == "remove":
+            await sessions.remove(
+                principal, main, a["participant_id"], a.get("message", ""), a["block_rejoin"]
+            )
+        elif kind == "set_room_lock":
+            await sessions.set_room_lock(principal, session_id, a["locked"], a.get("message", ""))
+        elif kind == "update_participant":
+            await sessions.update_participant(principal, main, **a)
+        elif kind == "start_session":
+            await sessions.start_session(principal, main)
+        elif kind == "end_session":
+            await sessions.end_session(principal, main, a.get("message", ""))
+        else:
+            raise Unimplemented(
+                f"the {kind} action is not available in this release", reason="NOT_YET_AVAILABLE"
+            )
+        return None
+
+    # -- feeds -------------------------------------------------------------------------------
+
+    async def _attach(self, connection: Connection) -> None:
+        key = (connection.tenant_id, connection.main_session_id)
+        feed = self.feeds.get(key)
+        if feed is None:
+            feed = RoomFeed(
+                self, connection.tenant_id, connection.main_session_id, connection.cursor
+            )
+            self.feeds[key] = feed
+        # Catch up on what the feed already passed, then join it with no await in between.
+        while connection.cursor < feed.cursor:
+            upto = feed.cursor
+            async with self.db.reader() as session:
+                rows = await repo.family_events_after(
+                    session,
+                    connection.tenant_id,
+                    connection.main_session_id,
+                    connection.cursor,
+                    FEED_BATCH,
+                )
+            rows = [r for r in rows if r.sequence <= upto]
+            for row in rows:
+                connection.offer(_public(event_pb2.Event.FromString(row.payload)))
+            if len(rows) < FEED_BATCH:
+                connection.cursor = max(connection.cursor, upto)
+        feed.connections.add(connection)
+        if feed.task is None or feed.task.done():
+            feed.task = asyncio.ensure_future(feed.run())
+
+    def _detach(self, connection: Connection) -> None:
+        key = (connection.tenant_id, connection.main_session_id)
+        feed = self.feeds.get(key)
+        if feed is None:
+            return
+        feed.connections.discard(connection)
+        if not feed.connections:
+            if feed.task is not None:
+                feed.task.cancel()
+            del self.feeds[key]
+
+    async def _replay(self, principal: Principal, after: int) -> tuple[list, int]:
+        """The pushes after `after` a resumed participant missed, read from the log."""
+        p = await self.sessions.participant_for_join(principal)
+        if p is None:
+            return [], 0
+        async with self.db.reader() as session:
+            row = await repo.get_live_session(session, principal.tenant_id, p.session_id)
+            head = await event_store.last_sequence(
+                session, principal.tenant_id, event_store.TENANT_STREAM
+            )
+        if row is None:
+            return [], 0
+        probe = Connection.__new__(Connection)
+        probe.presence = self
+        probe.participant_id, probe.main_session_id = p.id, p.session_id
+        probe.tenant_id = principal.tenant_id
+        probe.room = p.room_session_id or p.session_id
+        probe.role = p.role
+        probe.permissions = set(
+            s.effective_permissions(p, s.SessionSettings.from_json(row.settings))
+        )
+        probe.waiting = p.state == s.WAITING
+        probe.cursor = probe.joined_at = after // 4
+        probe.closed = False
+        probe.pending_message = ""
+        items: list = []
+        cursor = after // 4
+        while True:
+            async with self.db.reader() as session:
+                rows = await repo.family_events_after(
+                    session, principal.tenant_id, p.session_id, cursor, FEED_BATCH
+                )
+            for r in rows:
+                if r.sequence > head:
+                    break
+                envelope = _public(event_pb2.Event.FromString(r.payload))
+                cursor = r.sequence
+                items.extend(
+                    i
+                    for i in probe.react(envelope)
+                    if isinstance(i, (Push, _PendingRoomEntered)) and i.sequence > after
+                )
+            if len(rows) < FEED_BATCH or cursor >= head:
+                break
+        return items, head
+
+    async def _materialize(self, connection: Connection, item):
+        if isinstance(item, _PendingRoomEntered):
+            return RoomEntered(
+                item.sequence, item.reason, await self.snapshot(connection, item.room)
+            )
+        return item
+
+    async def snapshot(self, connection: Connection, room: str | None = None) -> Snapshot:
+        room = room or connection.room
+        view, people, sequence = await self.sessions.snapshot_rows(
+            connection.tenant_id, room, connection.main_session_id
+        )
+        settings = view.settings
+        local = None
+        listed = []
+        for p in people:
+            pv = s.ParticipantView(p, tuple(s.effective_permissions(p, settings)))
+            if p.id == connection.participant_id:
+                local = pv
+            if connection.waiting:
+                continue
+            if p.state == s.WAITING and not connection.moderator:
+                continue
+            listed.append(pv)
+        if local is None:
+            p = await self.sessions.participant_for_join(connection.principal)
+            local = s.ParticipantView(p, tuple(s.effective_permissions(p, settings)))
+        return Snapshot(view, local, listed, sequence)
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closing:
+            raise Unavailable("the server is shutting down", reason="SERVER_SHUTTING_DOWN")
+
+    async def stop(self) -> None:
+        """Ends every connection with UNAVAILABLE (SERVER_SHUTTING_DOWN); its participant is
+        reconnecting, so it can resume with its resume token after the restart."""
+        self.closing = True
+        for connection in list(self.connections.values()):
+            if connection.closed:
+                continue
+            connection.closed = True
+            with contextlib.suppress(Exception):
+                await self.sessions.drop(
+                    connection.tenant_id, connection.participant_id, connection.epoch
+                )
+            connection.queue.put_nowait(_Shutdown())
+        for feed in list(self.feeds.values()):
+            if feed.task is not None:
+                feed.task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+
+CLASSROOM_ACTIONS = {
+    "raise_hand": "raise_hand",
+    "lower_hand": "lower_hand",
+    "send_chat": "send_chat",
+    "react": "react",
+    "answer_poll": "answer_poll",
+}
+
+
+def _created_id(result) -> str:
+    if result is None or isinstance(result, bool):
+        return ""
+    if isinstance(result, str):
+        return result
+    for name in ("id", "message_id", "poll_id"):
+        value = getattr(result, name, None)
+        if isinstance(value, str):
+            return value
+    return ""
+
+
+def _public(envelope: event_pb2.Event) -> event_pb2.Event:
+    if envelope.actor.kind == common_pb2.Actor.KIND_API_KEY:
+        envelope.actor.ClearField("id")
+    return envelope
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("presence task failed", exc_info=task.exception())

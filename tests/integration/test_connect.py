@@ -1,0 +1,490 @@
+"""The participant connection (SessionService.Connect) over real gRPC streams: joins, presence,
+pushes, reconnection inside and after the grace window, duplicate identities, moderation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from classwire.api.common.v1 import common_pb2
+from classwire.api.session.v1 import resources_pb2 as pb
+from classwire.api.session.v1 import service_pb2 as api
+from classwire.api.session.v1 import service_pb2_grpc
+
+INSTRUCTOR = common_pb2.PARTICIPANT_ROLE_INSTRUCTOR
+LEARNER = common_pb2.PARTICIPANT_ROLE_LEARNER
+CONNECTED = pb.PARTICIPANT_STATE_CONNECTED
+WAIT = 10.0
+
+
+def reason_of(exc: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(exc)
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
+def ts(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def seconds(value: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromTimedelta(timedelta(seconds=value))
+    return d
+
+
+def stub(channel) -> service_pb2_grpc.SessionServiceStub:
+    return service_pb2_grpc.SessionServiceStub(channel)
+
+
+def auth(credential: str):
+    return (("authorization", f"Bearer {credential}"),)
+
+
+async def rpc(server, method: str, request, credential: str | None = None):
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        return await getattr(stub(channel), method)(
+            request, metadata=auth(credential or server.api_key)
+        )
+
+
+async def open_session(server, start_in: float = 60.0, **settings) -> pb.Session:
+    """A session whose join window is open now (it starts OPEN)."""
+    start = datetime.now(UTC) + timedelta(seconds=start_in)
+    capacity = settings.pop("capacity", 0)
+    session = pb.Session(
+        capacity=capacity,
+        title="Live algebra",
+        scheduled_start_time=ts(start),
+        scheduled_end_time=ts(start + timedelta(hours=1)),
+        settings=pb.SessionSettings(**settings),
+    )
+    response = await rpc(server, "CreateSession", api.CreateSessionRequest(session=session))
+    return response.session
+
+
+async def token(
+    server, session_id: str, identity: str, role=LEARNER
+) -> api.CreateJoinTokenResponse:
+    return await rpc(
+        server,
+        "CreateJoinToken",
+        api.CreateJoinTokenRequest(
+            session_id=session_id, identity=identity, display_name=identity.title(), role=role
+        ),
+    )
+
+
+class Participant:
+    """One participant's client: a Connect stream whose messages are collected in order."""
+
+    def __init__(self, address: str, token: str) -> None:
+        self.address = address
+        self.token = token
+        self.received: list[api.ConnectResponse] = []
+        self.resume_token = ""
+        self.last_sequence = 0
+        self.participant_id = ""
+        self.joined: api.ConnectResponse.Joined | None = None
+
+    async def connect(self, resume: bool = False, expect_joined: bool = True):
+        self.channel = grpc.aio.insecure_channel(self.address)
+        self.outgoing: asyncio.Queue = asyncio.Queue()
+        self.incoming: asyncio.Queue = asyncio.Queue()
+        join = api.ConnectRequest.Join()
+        if resume:
+            join.resume_token = self.resume_token
+            join.after_sequence = self.last_sequence
+        self.outgoing.put_nowait(api.ConnectRequest(join=join))
+        self.call = stub(self.channel).Connect(self._requests(), metadata=auth(self.token))
+        self.reader = asyncio.ensure_future(self._read())
+        if expect_joined:
+            message = await self.next("joined")
+            self.joined = message.joined
+            self.resume_token = message.joined.resume_token
+            self.participant_id = message.joined.participant_id
+            if not message.joined.resumed:
+                # Replayed pushes follow a resumed Joined, whose last_sequence counts them.
+                self.last_sequence = message.joined.last_sequence
+        return self
+
+    async def _requests(self):
+        while True:
+            item = await self.outgoing.get()
+            if item is None:
+                return
+            yield item
+
+    async def _read(self):
+        try:
+            async for message in self.call:
+                if message.sequence:
+                    assert message.sequence > self.last_sequence, "push sequences must increase"
+                    self.last_sequence = message.sequence
+                self.received.append(message)
+                self.incoming.put_nowait(message)
+            self.incoming.put_nowait(None)
+        except grpc.aio.AioRpcError as exc:
+            self.incoming.put_nowait(exc)
+        except asyncio.CancelledError:
+            self.incoming.put_nowait(None)
+
+    def send(self, action_id: str = "", **action) -> None:
+        self.outgoing.put_nowait(api.ConnectRequest(action_id=action_id, **action))
+
+    async def next(self, kind: str, predicate=lambda m: True, timeout: float = WAIT):
+        """The next message of `kind` (`joined`, `event`, `disconnect`, ...) matching."""
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.incoming.get()
+                if message is None:
+                    raise AssertionError(f"stream ended while waiting for {kind}")
+                if isinstance(message, Exception):
+                    raise message
+                if message.WhichOneof("message") == kind and predicate(message):
+                    return message
+
+    async def answer(self, action_id: str, timeout: float = WAIT):
+        """The ack or error answering the action with this id."""
+
+        def match(message):
+            return message.action_id == action_id
+
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.next_any(timeout)
+                if message.WhichOneof("message") in ("ack", "error") and match(message):
+                    return message
+
+    async def next_any(self, timeout: float = WAIT):
+        async with asyncio.timeout(timeout):
+            message = await self.incoming.get()
+        if message is None:
+            raise AssertionError("stream ended")
+        if isinstance(message, Exception):
+            raise message
+        return message
+
+    async def event(self, payload: str, predicate=lambda p: True, timeout: float = WAIT):
+        """The next pushed session event with this payload field (`participant_joined`, ...)."""
+
+        def match(message):
+            e = message.event
+            return (
+                e.WhichOneof("payload") == "session"
+                and e.session.WhichOneof("payload") == payload
+                and predicate(getattr(e.session, payload))
+            )
+
+        message = await self.next("event", match, timeout)
+        return getattr(message.event.session, payload)
+
+    async def status(self, timeout: float = WAIT) -> grpc.aio.AioRpcError | None:
+        """Waits for the stream's end: its error, or None when it ended OK."""
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.incoming.get()
+                if message is None:
+                    return None
+                if isinstance(message, Exception):
+                    return message
+
+    def events(self, payload: str) -> list:
+        return [
+            getattr(m.event.session, payload)
+            for m in self.received
+            if m.WhichOneof("message") == "event"
+            and m.event.session.WhichOneof("payload") == payload
+        ]
+
+    async def cut(self) -> None:
+        """Drops the connection without a leave, as a network failure would."""
+        self.outgoing.put_nowait(None)
+        self.call.cancel()
+        with contextlib.suppress(BaseException):
+            await self.reader
+        await self.channel.close()
+
+    async def close(self) -> None:
+        with contextlib.suppress(BaseException):
+            await self.cut()
+
+
+async def join(server, session_id: str, identity: str, role=LEARNER) -> Participant:
+    issued = await token(server, session_id, identity, role)
+    return await Participant(server.address, issued.token).connect()
+
+
+async def test_instructor_and_thirty_learners_are_present(server):
+    session = await open_session(server, learners_join_before_instructor=False)
+    host = await join(server, session.id, "teacher", INSTRUCTOR)
+    assert host.joined.snapshot.session.state == common_pb2.SESSION_STATE_LIVE
+    learners = await asyncio.gather(*[join(server, session.id, f"kid-{i}") for i in range(30)])
+    try:
+        seen = set()
+        while len(seen) < 30:
+            joined = await host.event("participant_joined")
+            seen.add(joined.identity)
+        assert seen == {f"kid-{i}" for i in range(30)}
+        listed = await rpc(
+            server,
+            "ListParticipants",
+            api.ListParticipantsRequest(session_id=session.id, states=[CONNECTED], page_size=20),
+        )
+        rest = await rpc(
+            server,
+            "ListParticipants",
+            api.ListParticipantsRequest(
+                session_id=session.id,
+                states=[CONNECTED],
+                page_size=20,
+                page_token=listed.next_page_token,
+            ),
+        )
+        ids = [p.id for p in listed.participants] + [p.id for p in rest.participants]
+        assert len(ids) == len(set(ids)) == 31 and not rest.next_page_token
+        got = await rpc(server, "GetSession", api.GetSessionRequest(session_id=session.id))
+        assert got.session.connected_count == 31
+        # A learner sees the roster but not the waiting-room or token bookkeeping.
+        learners[0].send(leave=api.ConnectRequest.Leave())
+        bye = await learners[0].next("disconnect")
+        assert bye.disconnect.reason == common_pb2.LEAVE_REASON_LEFT
+        left = await host.event("participant_left")
+        assert left.reason == common_pb2.LEAVE_REASON_LEFT
+        assert learners[1].events("join_token_issued") == []
+    finally:
+        for client in [host, *learners]:
+            await client.close()
+
+
+async def test_learners_wait_for_the_instructor_and_the_waiting_room(server):
+    session = await open_session(server)  # learners may not join before the instructor
+    kid = await join(server, session.id, "early-kid")
+    assert kid.joined.snapshot.local_participant.state == pb.PARTICIPANT_STATE_WAITING
+    assert list(kid.joined.snapshot.participants) == []
+    kid.send(action_id="a1", set_room_lock=api.ConnectRequest.SetRoomLock(locked=True))
+    refused = await kid.next("error")
+    assert refused.error.reason == "PARTICIPANT_WAITING" and refused.action_id == "a1"
+    host = await join(server, session.id, "teacher", INSTRUCTOR)
+    entered = await kid.next("room_entered")
+    assert entered.room_entered.reason == api.ConnectResponse.RoomEntered.REASON_ADMITTED
+    assert entered.sequence > 0
+    # With the waiting-room setting a moderator admits or denies, here on its own connection.
+    await rpc(
+        server,
+        "UpdateSession",
+        api.UpdateSessionRequest(
+            session=pb.Session(id=session.id, settings=pb.SessionSettings(waiting_room=True)),
+            update_mask={"paths": ["settings.waiting_room"]},
+        ),
+    )
+    late = await join(server, session.id, "late-kid")
+    other = await join(server, session.id, "other-kid")
+    waiting = await host.event("participant_waiting", lambda e: e.identity == "late-kid")
+    host.send(action_id="ok", admit=api.ConnectRequest.Admit(participant_id=waiting.participant_id))
+    assert (await host.next("ack", lambda m: m.action_id == "ok")).action_id == "ok"
+    await late.next("room_entered")
+    await rpc(
+        server,
+        "DenyParticipant",
+        api.DenyParticipantRequest(
+            session_id=session.id, participant_id=other.participant_id, message="not today"
+        ),
+    )
+    denied = await other.next("disconnect")
+    assert denied.disconnect.reason == common_pb2.LEAVE_REASON_DENIED
+    assert denied.disconnect.message == "not today"
+    assert await other.status() is None
+    for client in (kid, host, late, other):
+        await client.close()
+
+
+async def test_capacity_lock_and_actions_on_the_stream(server):
+    session = await open_session(server, capacity=1, learners_join_before_instructor=True)
+    first = await join(server, session.id, "first")
+    issued = await token(server, session.id, "second")
+    second = await Participant(server.address, issued.token).connect(expect_joined=False)
+    error = await second.status()
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason_of(error) == "SESSION_FULL"
+    host = await join(server, session.id, "teacher", INSTRUCTOR)  # instructors still get in
+    await rpc(server, "SetRoomLock", api.SetRoomLockRequest(session_id=session.id, locked=True))
+    await first.event("room_locked")
+    await rpc(
+        server,
+        "UpdateSession",
+        api.UpdateSessionRequest(
+            session=pb.Session(id=session.id, capacity=0), update_mask={"paths": ["capacity"]}
+        ),
+    )
+    third = await Participant(
+        server.address, (await token(server, session.id, "third")).token
+    ).connect(expect_joined=False)
+    error = await third.status()
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(error) == "ROOM_LOCKED"
+    # Ping, a classroom action (answered even while it is not available), a repeated action id.
+    first.send(action_id="p", ping=api.ConnectRequest.Ping(client_time=ts(datetime.now(UTC))))
+    assert (await first.next("pong")).action_id == "p"
+    first.send(action_id="h", raise_hand=api.ConnectRequest.RaiseHand())
+    answer = await first.answer("h")
+    if answer.WhichOneof("message") == "error":
+        # Until the classroom interactions land: a per-action error, and the stream goes on.
+        assert answer.error.code == grpc.StatusCode.UNIMPLEMENTED.value[0]
+    first.send(action_id="m", set_room_lock=api.ConnectRequest.SetRoomLock(locked=False))
+    denied = await first.next("error", lambda m: m.action_id == "m")
+    assert denied.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert denied.error.reason == "MISSING_PERMISSION"
+    first.send(action_id="m", set_room_lock=api.ConnectRequest.SetRoomLock(locked=False))
+    again = await first.next("error", lambda m: m.action_id == "m")
+    assert again.error == denied.error
+    first.send(action_id="x", join=api.ConnectRequest.Join())
+    assert (await first.next("error", lambda m: m.action_id == "x")).error.reason == (
+        "ALREADY_JOINED"
+    )
+    for client in (first, second, host, third):
+        await client.close()
+
+
+async def test_first_message_must_be_a_join(server):
+    session = await open_session(server)
+    issued = await token(server, session.id, "rude")
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        call = stub(channel).Connect(
+            iter([api.ConnectRequest(ping=api.ConnectRequest.Ping())]), metadata=auth(issued.token)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in call:
+                pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(caught.value) == "JOIN_REQUIRED"
+
+
+async def test_resume_inside_the_window_replays_missed_pushes(server):
+    session = await open_session(
+        server, reconnect_grace=seconds(30), learners_join_before_instructor=True
+    )
+    host = await join(server, session.id, "teacher", INSTRUCTOR)
+    kid = await join(server, session.id, "kid")
+    await kid.cut()
+    reconnecting = await host.event("participant_reconnecting")
+    assert reconnecting.participant_id == kid.participant_id
+    # Pushes the learner misses while away, replayed in order on resume.
+    for locked in (True, False):
+        await rpc(
+            server, "SetRoomLock", api.SetRoomLockRequest(session_id=session.id, locked=locked)
+        )
+    await kid.connect(resume=True)
+    assert kid.joined.resumed
+    assert await kid.event("room_locked") is not None
+    assert await kid.event("room_unlocked") is not None
+    resumed = await host.event("participant_resumed")
+    assert resumed.participant_id == kid.participant_id and resumed.replayed_push_count >= 2
+    participant = await rpc(
+        server,
+        "GetParticipant",
+        api.GetParticipantRequest(session_id=session.id, participant_id=kid.participant_id),
+    )
+    assert participant.participant.state == CONNECTED
+    assert participant.participant.reconnect_count == 1
+    # No second join: the host saw exactly one join of the learner.
+    await rpc(server, "SetRoomLock", api.SetRoomLockRequest(session_id=session.id, locked=True))
+    await host.event("room_locked")
+    assert [e.identity for e in host.events("participant_joined")] == ["kid"]
+    # An old resume token is used up: a forged one is refused outright.
+    kid.resume_token = kid.resume_token[:-4] + "AAAA"
+    await kid.cut()
+    refused = await kid.connect(resume=True, expect_joined=False)
+    error = await refused.status()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(error) == "RESUME_TOKEN_INVALID"
+    for client in (host, kid):
+        await client.close()
+
+
+async def test_resume_after_the_window_is_a_fresh_join(server):
+    session = await open_session(
+        server, reconnect_grace=seconds(1), learners_join_before_instructor=True
+    )
+    host = await join(server, session.id, "teacher", INSTRUCTOR)
+    kid = await join(server, session.id, "slow-kid")
+    await kid.cut()
+    left = await host.event("participant_left")
+    assert left.reason == common_pb2.LEAVE_REASON_CONNECTION_LOST
+    await kid.connect(resume=True)
+    assert not kid.joined.resumed
+    rejoined = await host.event("participant_joined", lambda e: e.identity == "slow-kid")
+    assert rejoined.rejoined
+    for client in (host, kid):
+        await client.close()
+
+
+async def test_duplicate_identity_replaces_the_first_connection(server):
+    session = await open_session(server, learners_join_before_instructor=True)
+    issued = await token(server, session.id, "twin")
+    first = await Participant(server.address, issued.token).connect()
+    second = await Participant(server.address, issued.token).connect()
+    bye = await first.next("disconnect")
+    assert bye.disconnect.reason == common_pb2.LEAVE_REASON_DUPLICATE_IDENTITY
+    assert await first.status() is None
+    assert second.participant_id == first.participant_id
+    second.send(action_id="p", ping=api.ConnectRequest.Ping())
+    await second.next("pong")
+    for client in (first, second):
+        await client.close()
+
+
+async def test_removed_participant_cannot_rejoin(server):
+    session = await open_session(server, learners_join_before_instructor=True)
+    host = await join(server, session.id, "teacher", INSTRUCTOR)
+    issued = await token(server, session.id, "troll")
+    troll = await Participant(server.address, issued.token).connect()
+    host.send(
+        action_id="r",
+        remove=api.ConnectRequest.Remove(
+            participant_id=troll.participant_id, message="bye", block_rejoin=True
+        ),
+    )
+    await host.next("ack", lambda m: m.action_id == "r")
+    bye = await troll.next("disconnect")
+    assert bye.disconnect.reason == common_pb2.LEAVE_REASON_REMOVED
+    assert bye.disconnect.message == "bye"
+    again = await Participant(server.address, issued.token).connect(expect_joined=False)
+    error = await again.status()
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reason_of(error) == "TOKEN_REVOKED"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await token(server, session.id, "troll")
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert reason_of(caught.value) == "IDENTITY_BLOCKED"
+    for client in (host, troll, again):
+        await client.close()
+
+
+async def test_end_session_disconnects_everyone(server):
+    session = await open_session(server, learners_join_before_instructor=True)
+    host = await join(server, session.id, "teacher", INSTRUCTOR)
+    kid = await join(server, session.id, "kid")
+    host.send(action_id="e", end_session=api.ConnectRequest.EndSession(message="that's all"))
+    for client in (host, kid):
+        bye = await client.next("disconnect")
+        assert bye.disconnect.reason == common_pb2.LEAVE_REASON_SESSION_ENDED
+        assert bye.disconnect.message == "that's all"
+    got = await rpc(server, "GetSession", api.GetSessionRequest(session_id=session.id))
+    assert got.session.state == common_pb2.SESSION_STATE_ENDED
+    assert got.session.end_message == "that's all"
+    for client in (host, kid):
+        await client.close()
