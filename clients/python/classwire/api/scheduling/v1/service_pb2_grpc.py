@@ -5,7 +5,7 @@ import warnings
 
 from classwire.api.scheduling.v1 import service_pb2 as classwire_dot_api_dot_scheduling_dot_v1_dot_service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class SchedulingServiceStub:
+class SchedulingServiceStub(object):
     """When and with whom. Every RPC is called with an API key (`authorization: Bearer <key>`);
     `admin` keys may call all of them. Every error carries a `google.rpc.ErrorInfo` with domain
     `classwire.dev`; invalid input is INVALID_ARGUMENT with `google.rpc.BadRequest` field
@@ -224,7 +224,7 @@ class SchedulingServiceStub:
                 _registered_method=True)
 
 
-class SchedulingServiceServicer:
+class SchedulingServiceServicer(object):
     """When and with whom. Every RPC is called with an API key (`authorization: Bearer <key>`);
     `admin` keys may call all of them. Every error carries a `google.rpc.ErrorInfo` with domain
     `classwire.dev`; invalid input is INVALID_ARGUMENT with `google.rpc.BadRequest` field
@@ -878,7 +878,7 @@ def add_SchedulingServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class SchedulingService:
+class SchedulingService(object):
     """When and with whom. Every RPC is called with an API key (`authorization: Bearer <key>`);
     `admin` keys may call all of them. Every error carries a `google.rpc.ErrorInfo` with domain
     `classwire.dev`; invalid input is INVALID_ARGUMENT with `google.rpc.BadRequest` field
