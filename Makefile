@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 
-.PHONY: bootstrap run test test-sqlite test-postgres gen check-gen lint breaking docs bench-api clean
+.PHONY: bootstrap run test gen check-gen lint breaking bench-api bench-sessions bench-data bench-scheduling bench-slots clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,18 @@ breaking: bootstrap
 
 bench-api: bootstrap
 	$(PY) bench/api.py
+
+bench-sessions: bootstrap
+	$(PY) bench/sessions.py
+
+bench-data: bootstrap
+	$(PY) bench/data.py
+
+bench-scheduling: bootstrap
+	$(PY) bench/scheduling.py
+
+bench-slots: bootstrap
+	$(PY) bench/slots.py
 
 clean:
 	rm -rf $(VENV) node_modules clients/typescript/node_modules .data
