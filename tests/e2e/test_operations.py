@@ -150,7 +150,8 @@ async def _one_call(method: str, stub_method, request, metadata) -> Outcome:
     except grpc.aio.AioRpcError as exc:
         code, details = exc.code(), exc.details() or ""
     initial = await call.initial_metadata()
-    request_id = dict(initial or ()).get("x-request-id", "")
+    # grpc.aio.Metadata iterates as (key, value) pairs in some releases: look the key up.
+    request_id = initial.get("x-request-id", "") if initial is not None else ""
     return Outcome(method, code, request_id, details, time.monotonic())
 
 

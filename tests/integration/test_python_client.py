@@ -262,7 +262,7 @@ def test_connect_sync_calls_and_typed_errors(child_server):
         # with_call goes through the same interceptor.
         response, call = stub.ListApiKeys.with_call(platform_api.ListApiKeysRequest())
         assert response.api_keys
-        assert dict(call.initial_metadata()).get("x-request-id")
+        assert dict(call.initial_metadata()).get("x-request-id")  # sync API: a tuple of pairs
 
 
 def test_connect_sync_without_key_is_unauthenticated(child_server):
