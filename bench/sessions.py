@@ -1,13 +1,18 @@
 """Live-classroom fan-out benchmark: 200 participants connected across 4 sessions of one
 `classwire serve` process, with chat (or, where chat is not available, room-lock toggles) and
-hand raises sent through Connect actions at a steady rate. Prints the fan-out (pushes delivered
-per second over all streams) and the p50/p99 delivery latency, next to a bare grpc.aio
-bidirectional streaming server pushing the same messages to the same number of streams in the
-same run, and the ratio. Each server runs in its own process, the 200 clients in this one.
+hand raises (each learner raises, then lowers its hand) sent through Connect actions at a
+steady rate. Prints the fan-out (replayable pushes delivered per second over all streams:
+events and hand queue updates) and the p50/p99 delivery latency of chat messages, next to a
+bare grpc.aio bidirectional streaming server pushing the same messages (same envelopes, same
+hand queue updates, same acks) to the same number of streams in the same run, and the ratio.
+Each server runs in its own process, the 200 clients in this one. Every round uses fresh
+sessions whose participants all leave and whose sessions end before the next round starts;
+the summary gives medians over rounds.
 
     python bench/sessions.py [--seconds 10] [--rate 10] [--rounds 3]
 
-`--rate` is chat messages per second per session (hand raises run at half that rate).
+`--rate` is chat messages per second per session (hand raises and lowers run at half that
+rate).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -53,31 +59,101 @@ def free_port() -> int:
 
 
 async def baseline_server(port: int) -> None:
-    """Pushes each client action to every stream of the sender's group, as classwire would."""
+    """Pushes what classwire pushes for each client action, to every stream of the sender's
+    group: the full event envelope (ids, times, actor, sequences, payload) of a chat message,
+    a raised or lowered hand, and after each hand change the room's hand queue; plus the
+    sender's ack. Each push is built once and written to every stream of the group."""
     groups: dict[str, set[asyncio.Queue]] = {}
+    queues: dict[str, list[tuple[str, float]]] = {}
     sequence = 0
 
-    async def connect(requests, context):
+    def envelope(group: str, identity: str) -> event_pb2.Event:
         nonlocal sequence
+        sequence += 1
+        event = event_pb2.Event(
+            id=str(uuid.uuid4()),
+            tenant_id="ten_bench",
+            session_id=group,
+            sequence=sequence,
+            session_sequence=sequence,
+            actor=common_pb2.Actor(
+                kind=common_pb2.Actor.KIND_PARTICIPANT, id=f"par_{identity}", identity=identity
+            ),
+        )
+        event.occur_time.GetCurrentTime()
+        return event
+
+    def hand_queue(group: str, stamp: int) -> api.ConnectResponse:
+        update = api.ConnectResponse.HandQueueUpdate()
+        for position, (identity, raised) in enumerate(queues.setdefault(group, []), 1):
+            entry = update.entries.add(
+                participant_id=f"par_{identity}",
+                identity=identity,
+                display_name=identity.title(),
+                position=position,
+            )
+            entry.raise_time.FromSeconds(int(raised))
+        return api.ConnectResponse(sequence=stamp * 4 + 2, hand_queue_update=update)
+
+    async def connect(requests, context):
         queue: asyncio.Queue = asyncio.Queue()
         first = await requests.__anext__()
-        group = first.join.client_info
+        group, _, identity = first.join.client_info.partition("/")
         groups.setdefault(group, set()).add(queue)
         await context.write(api.ConnectResponse(joined=api.ConnectResponse.Joined()))
 
         async def reader():
-            nonlocal sequence
             async for request in requests:
-                sequence += 1
-                envelope = event_pb2.Event(sequence=sequence, session_id=group)
-                if request.WhichOneof("action") == "send_chat":
-                    envelope.session.chat_message_posted.text = request.send_chat.text
-                else:
-                    envelope.session.hand_raised.participant_id = "p"
-                push = api.ConnectResponse(sequence=sequence * 4, event=envelope)
-                for member in list(groups[group]):
-                    member.put_nowait(push)
-                queue.put_nowait(api.ConnectResponse(action_id=request.action_id))
+                pushes, created = [], ""
+                kind = request.WhichOneof("action")
+                hands = queues.setdefault(group, [])
+                if kind == "send_chat":
+                    event = envelope(group, identity)
+                    event.type = "classwire.api.events.v1.ChatMessagePosted"
+                    created = f"msg_{uuid.uuid4().hex}"
+                    event.session.chat_message_posted.CopyFrom(
+                        ev.ChatMessagePosted(
+                            message_id=created,
+                            sender_participant_id=f"par_{identity}",
+                            sender_identity=identity,
+                            sender_display_name=identity.title(),
+                            audience=request.send_chat.audience,
+                            text=request.send_chat.text,
+                        )
+                    )
+                    pushes.append(api.ConnectResponse(sequence=event.sequence * 4, event=event))
+                elif kind == "raise_hand" and identity not in [h for h, _ in hands]:
+                    hands.append((identity, time.time()))
+                    event = envelope(group, identity)
+                    event.type = "classwire.api.events.v1.HandRaised"
+                    event.session.hand_raised.CopyFrom(
+                        ev.HandRaised(
+                            participant_id=f"par_{identity}",
+                            identity=identity,
+                            queue_position=len(hands),
+                        )
+                    )
+                    pushes.append(api.ConnectResponse(sequence=event.sequence * 4, event=event))
+                    pushes.append(hand_queue(group, event.sequence))
+                elif kind == "lower_hand" and identity in [h for h, _ in hands]:
+                    raised = next(t for h, t in hands if h == identity)
+                    hands[:] = [(h, t) for h, t in hands if h != identity]
+                    event = envelope(group, identity)
+                    event.type = "classwire.api.events.v1.HandLowered"
+                    lowered = ev.HandLowered(participant_id=f"par_{identity}", identity=identity)
+                    lowered.raised_duration.FromNanoseconds(int((time.time() - raised) * 1e9))
+                    event.session.hand_lowered.CopyFrom(lowered)
+                    pushes.append(api.ConnectResponse(sequence=event.sequence * 4, event=event))
+                    pushes.append(hand_queue(group, event.sequence))
+                for push in pushes:
+                    for member in list(groups[group]):
+                        member.put_nowait(push)
+                queue.put_nowait(
+                    api.ConnectResponse(
+                        action_id=request.action_id,
+                        ack=api.ConnectResponse.ActionAck(created_id=created),
+                    )
+                )
 
         task = asyncio.ensure_future(reader())
         try:
@@ -141,8 +217,9 @@ class Stream:
                 if message is grpc.aio.EOF:
                     return
                 kind = message.WhichOneof("message")
-                if kind == "event":
+                if message.sequence:  # every replayable push: events and hand queue updates
                     stats.pushes += 1
+                if kind == "event":
                     payload = message.event.session
                     text = ""
                     if payload.WhichOneof("payload") == "chat_message_posted":
@@ -153,6 +230,15 @@ class Stream:
                         stats.latencies.append(time.perf_counter() - float(text[2:]))
                 elif kind == "error":
                     self.errors.append(message.error.reason)
+
+    async def leave(self) -> None:
+        """Leaves the room and waits for the server to end the stream, so no participant of
+        this round is left reconnecting (and later timing out) during the next one."""
+        self.out.put_nowait(api.ConnectRequest(leave=api.ConnectRequest.Leave()))
+        self.out.put_nowait(None)
+        if hasattr(self, "task"):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.task), 10)
 
     def close(self) -> None:
         self.out.put_nowait(None)
@@ -200,7 +286,8 @@ async def drive(groups: list[list[Stream]], seconds: float, rate: float, chat: b
                     )
                 )
             if i % 2 == 0:
-                raiser = learners[(i // 2) % len(learners)]
+                # The same learner raises its hand and lowers it at the next turn.
+                raiser = learners[(i // 4) % len(learners)]
                 action = (
                     {"raise_hand": api.ConnectRequest.RaiseHand()}
                     if (i // 2) % 2 == 0
@@ -231,7 +318,8 @@ async def drive(groups: list[list[Stream]], seconds: float, rate: float, chat: b
     }
 
 
-async def classwire_tokens(address: str, key: str) -> list[list[str]]:
+async def classwire_sessions(address: str, key: str) -> list[tuple[str, list[str]]]:
+    """Four fresh sessions (id, join tokens): the first token is the instructor's."""
     metadata = (("authorization", f"Bearer {key}"),)
     now = datetime.now(UTC)
     start, end = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
@@ -271,8 +359,19 @@ async def classwire_tokens(address: str, key: str) -> list[list[str]]:
                     metadata=metadata,
                 )
                 tokens.append(issued.token)
-            groups.append(tokens)
+            groups.append((session.id, tokens))
     return groups
+
+
+async def end_sessions(address: str, key: str, session_ids: list[str]) -> None:
+    metadata = (("authorization", f"Bearer {key}"),)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = service_pb2_grpc.SessionServiceStub(channel)
+        for session_id in session_ids:
+            await stub.EndSession(
+                api.EndSessionRequest(session_id=session_id, message="round over"),
+                metadata=metadata,
+            )
 
 
 async def chat_available(address: str, token: str) -> bool:
@@ -289,35 +388,25 @@ async def chat_available(address: str, token: str) -> bool:
             )
         )
         await asyncio.sleep(1.0)
+        await stream.leave()
         stream.close()
         return "NOT_YET_AVAILABLE" not in stream.errors and not stream.errors
 
 
-async def run_classwire(address: str, groups_tokens, seconds, rate, chat) -> dict:
+async def run_streams(address: str, groups_tokens, seconds, rate, chat) -> dict:
+    """One round on one server: connect every participant, drive the load, then leave."""
     channels = [grpc.aio.insecure_channel(address) for _ in range(8)]
     groups = [
-        [Stream(channels[(g * PER_SESSION + i) % 8], t, f"g{g}") for i, t in enumerate(tokens)]
+        [
+            Stream(channels[(g * PER_SESSION + i) % 8], token, f"g{g}/u{g}-{i}")
+            for i, token in enumerate(tokens)
+        ]
         for g, tokens in enumerate(groups_tokens)
     ]
     try:
         return await drive(groups, seconds, rate, chat)
     finally:
-        for streams in groups:
-            for stream in streams:
-                stream.close()
-        for channel in channels:
-            await channel.close()
-
-
-async def run_baseline(address: str, seconds, rate, chat) -> dict:
-    channels = [grpc.aio.insecure_channel(address) for _ in range(8)]
-    groups = [
-        [Stream(channels[(g * PER_SESSION + i) % 8], "", f"g{g}") for i in range(PER_SESSION)]
-        for g in range(SESSIONS)
-    ]
-    try:
-        return await drive(groups, seconds, rate, True)
-    finally:
+        await asyncio.gather(*[stream.leave() for streams in groups for stream in streams])
         for streams in groups:
             for stream in streams:
                 stream.close()
@@ -349,15 +438,21 @@ async def main(args) -> None:
             )
             try:
                 baseline.stdout.readline()
-                chat = await chat_available(
-                    server.address, (await classwire_tokens(server.address, server.api_key))[0][1]
-                )
+                probe = await classwire_sessions(server.address, server.api_key)
+                chat = await chat_available(server.address, probe[0][1][1])
+                await end_sessions(server.address, server.api_key, [sid for sid, _ in probe])
+                if args.pid_file:
+                    Path(args.pid_file).write_text(str(server.process.pid))
                 for n in range(args.rounds):
-                    tokens = await classwire_tokens(server.address, server.api_key)
-                    ours = await run_classwire(
-                        server.address, tokens, args.seconds, args.rate, chat
+                    # Each round has its own sessions and participants, all gone at its end.
+                    sessions = await classwire_sessions(server.address, server.api_key)
+                    tokens = [t for _, t in sessions]
+                    ours = await run_streams(server.address, tokens, args.seconds, args.rate, chat)
+                    await end_sessions(server.address, server.api_key, [sid for sid, _ in sessions])
+                    blanks = [[""] * PER_SESSION for _ in range(SESSIONS)]
+                    bare = await run_streams(
+                        f"127.0.0.1:{port}", blanks, args.seconds, args.rate, chat
                     )
-                    bare = await run_baseline(f"127.0.0.1:{port}", args.seconds, args.rate, chat)
                     ratio = ours["pushes_per_second"] / bare["pushes_per_second"]
                     rounds.append((ours, bare, ratio))
                     print(
@@ -383,6 +478,7 @@ async def main(args) -> None:
                 "participants": SESSIONS * PER_SESSION,
                 "sessions": SESSIONS,
                 "rate_per_session": args.rate,
+                "rounds": args.rounds,
                 "classwire_pushes_per_second": round(
                     med(r[0]["pushes_per_second"] for r in rounds)
                 ),
@@ -404,6 +500,7 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline-server", type=int, default=0)
+    parser.add_argument("--pid-file", default="", help="write the classwire server's pid here")
     arguments = parser.parse_args()
     if arguments.baseline_server:
         asyncio.run(baseline_server(arguments.baseline_server))

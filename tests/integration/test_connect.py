@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from classwire.api.common.v1 import common_pb2
+from classwire.api.events.v1 import session_events_pb2 as ev
 from classwire.api.session.v1 import resources_pb2 as pb
 from classwire.api.session.v1 import service_pb2 as api
 from classwire.api.session.v1 import service_pb2_grpc
@@ -488,3 +489,222 @@ async def test_end_session_disconnects_everyone(server):
     assert got.session.end_message == "that's all"
     for client in (host, kid):
         await client.close()
+
+
+def poll(question: str, visibility=pb.POLL_RESULTS_VISIBILITY_PUBLIC_LIVE, **fields) -> pb.Poll:
+    return pb.Poll(
+        question=question,
+        options=[pb.PollOption(text="Yes"), pb.PollOption(text="No")],
+        results_visibility=visibility,
+        **fields,
+    )
+
+
+async def test_moderator_runs_polls_chat_and_hands_over_connect(server):
+    session = await open_session(server, learners_join_before_instructor=True)
+    host = await join(server, session.id, "teacher", INSTRUCTOR)
+    ada = await join(server, session.id, "ada")
+    bob = await join(server, session.id, "bob")
+    try:
+        # Invalid polls name every problem, with paths within the action.
+        host.send("bad", create_poll=api.ConnectRequest.CreatePoll(poll=pb.Poll()))
+        error = (await host.answer("bad")).error
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert {v.field for v in error.field_violations} == {
+            "create_poll.poll.question",
+            "create_poll.poll.options",
+        }
+        # A learner may not open a poll.
+        ada.send("sneaky", create_poll=api.ConnectRequest.CreatePoll(poll=poll("Mine?")))
+        assert (await ada.answer("sneaky")).error.reason == "MISSING_PERMISSION"
+
+        # Results shown to moderators only: learners see that someone answered, not what.
+        host.send(
+            "p1",
+            create_poll=api.ConnectRequest.CreatePoll(
+                poll=poll("Ready?", pb.POLL_RESULTS_VISIBILITY_MODERATORS, correct_option_ids=["1"])
+            ),
+        )
+        poll_id = (await host.answer("p1")).ack.created_id
+        created = await bob.event("poll_created", lambda e: e.poll_id == poll_id)
+        assert not created.correct_option_ids  # quiz answers stay hidden from learners
+        ada.send("a1", answer_poll=api.ConnectRequest.AnswerPoll(poll_id=poll_id, option_ids=["1"]))
+        assert (await ada.answer("a1")).WhichOneof("message") == "ack"
+        seen_by_host = await host.event("poll_answered", lambda e: e.poll_id == poll_id)
+        assert list(seen_by_host.option_ids) == ["1"]
+        update = await host.next("poll_results_update", lambda m: True)
+        assert update.poll_results_update.poll_id == poll_id
+        results = update.poll_results_update.results
+        assert results.answer_count == 1
+        assert {o.option_id: o.count for o in results.options} == {"1": 1, "2": 0}
+        seen_by_bob = await bob.event("poll_answered", lambda e: e.poll_id == poll_id)
+        assert not seen_by_bob.option_ids and seen_by_bob.answer_count == 1
+
+        # A public poll pushes its live results to everyone.
+        host.send("p2", create_poll=api.ConnectRequest.CreatePoll(poll=poll("Lunch?")))
+        public_id = (await host.answer("p2")).ack.created_id
+        bob.send(
+            "b1", answer_poll=api.ConnectRequest.AnswerPoll(poll_id=public_id, option_ids=["2"])
+        )
+        live = await ada.next(
+            "poll_results_update", lambda m: m.poll_results_update.poll_id == public_id
+        )
+        assert {o.option_id: o.count for o in live.poll_results_update.results.options} == {
+            "1": 0,
+            "2": 1,
+        }
+        assert not live.poll_results_update.results.answers  # counts only for learners
+        assert not [
+            m
+            for m in bob.received
+            if m.WhichOneof("message") == "poll_results_update"
+            and m.poll_results_update.poll_id == poll_id
+        ]
+
+        host.send("c1", close_poll=api.ConnectRequest.ClosePoll(poll_id=poll_id))
+        assert (await host.answer("c1")).ack.created_id == ""
+        closed = await ada.event("poll_closed", lambda e: e.poll_id == poll_id)
+        assert closed.answer_count == 1
+
+        # Hands: the queue is pushed after each change.
+        ada.send("h1", raise_hand=api.ConnectRequest.RaiseHand())
+        queue = await host.next(
+            "hand_queue_update", lambda m: len(m.hand_queue_update.entries) == 1
+        )
+        assert queue.hand_queue_update.entries[0].participant_id == ada.participant_id
+        host.send("h2", lower_hand=api.ConnectRequest.LowerHand(all=True))
+        await bob.next("hand_queue_update", lambda m: not m.hand_queue_update.entries)
+
+        # Chat deletion by the moderator.
+        bob.send("m1", send_chat=api.ConnectRequest.SendChat(text="oops", audience=1))
+        message_id = (await bob.answer("m1")).ack.created_id
+        host.send("d1", delete_chat=api.ConnectRequest.DeleteChat(message_id=message_id))
+        assert (await host.answer("d1")).WhichOneof("message") == "ack"
+        await ada.event("chat_message_deleted", lambda e: e.message_id == message_id)
+        host.send("d2", delete_chat=api.ConnectRequest.DeleteChat())
+        error = (await host.answer("d2")).error
+        assert [v.field for v in error.field_violations] == ["delete_chat.message_id"]
+    finally:
+        for p in (host, ada, bob):
+            await p.close()
+
+
+async def test_breakouts_over_connect_and_a_late_learner_lands_in_its_room(server):
+    session = await open_session(server, learners_join_before_instructor=True)
+    host = await join(server, session.id, "teacher", INSTRUCTOR)
+    ada = await join(server, session.id, "ada")
+    bob = await join(server, session.id, "bob")
+    late = await token(server, session.id, "cleo")  # assigned before she connects
+    cleo = None
+    try:
+        plan = pb.BreakoutPlan(
+            manual=pb.BreakoutPlan.Manual(
+                rooms=[
+                    pb.BreakoutRoom(
+                        name="Red", participant_ids=[ada.participant_id, late.participant_id]
+                    ),
+                    pb.BreakoutRoom(name="Blue", participant_ids=[bob.participant_id]),
+                ]
+            )
+        )
+        ada.send("o0", open_breakouts=api.ConnectRequest.OpenBreakouts(plan=plan))
+        assert (await ada.answer("o0")).error.reason == "MISSING_PERMISSION"
+        host.send("o1", open_breakouts=api.ConnectRequest.OpenBreakouts(plan=plan))
+        assert (await host.answer("o1")).WhichOneof("message") == "ack"
+        opened = await host.event("breakouts_opened")
+        red, blue = (room.session_id for room in opened.rooms)
+        entered = await ada.next("room_entered")
+        assert entered.room_entered.reason == api.ConnectResponse.RoomEntered.REASON_MOVED
+        assert entered.room_entered.snapshot.session.id == red
+        assert (await bob.next("room_entered")).room_entered.snapshot.session.id == blue
+
+        # Cleo joins in the middle of the round: she lands in Red, not in the main room.
+        cleo = await Participant(server.address, late.token).connect()
+        assert cleo.joined.snapshot.session.id == red
+        assert cleo.joined.snapshot.local_participant.room_session_id == red
+        await ada.event("participant_joined", lambda e: e.identity == "cleo")
+
+        host.send(
+            "m1",
+            move_participant=api.ConnectRequest.MoveParticipant(
+                participant_id=bob.participant_id, to_session_id=red
+            ),
+        )
+        assert (await host.answer("m1")).WhichOneof("message") == "ack"
+        assert (await bob.next("room_entered")).room_entered.snapshot.session.id == red
+
+        host.send(
+            "b1", broadcast_to_breakouts=api.ConnectRequest.BroadcastToBreakouts(text="5 min")
+        )
+        assert (await host.answer("b1")).WhichOneof("message") == "ack"
+        assert (await cleo.event("breakout_broadcast")).text == "5 min"
+
+        host.send("x0", close_breakouts=api.ConnectRequest.CloseBreakouts(countdown=seconds(3600)))
+        error = (await host.answer("x0")).error
+        assert [v.field for v in error.field_violations] == ["close_breakouts.countdown"]
+        host.send("x1", close_breakouts=api.ConnectRequest.CloseBreakouts(countdown=seconds(0)))
+        assert (await host.answer("x1")).WhichOneof("message") == "ack"
+        for p in (ada, bob, cleo):
+            back = await p.next("room_entered")
+            assert (
+                back.room_entered.reason == api.ConnectResponse.RoomEntered.REASON_BREAKOUTS_CLOSED
+            )
+            assert back.room_entered.snapshot.session.id == session.id
+    finally:
+        for p in (host, ada, bob, cleo):
+            if p is not None:
+                await p.close()
+
+
+async def test_ending_the_session_closes_its_poll_hands_and_breakouts(server):
+    session = await open_session(server, learners_join_before_instructor=True)
+    host = await join(server, session.id, "teacher", INSTRUCTOR)
+    ada = await join(server, session.id, "ada")
+    bob = await join(server, session.id, "bob")
+    try:
+        host.send("p1", create_poll=api.ConnectRequest.CreatePoll(poll=poll("Done?")))
+        poll_id = (await host.answer("p1")).ack.created_id
+        ada.send("a1", answer_poll=api.ConnectRequest.AnswerPoll(poll_id=poll_id, option_ids=["1"]))
+        assert (await ada.answer("a1")).WhichOneof("message") == "ack"
+        ada.send("h1", raise_hand=api.ConnectRequest.RaiseHand())
+        await host.next("hand_queue_update", lambda m: len(m.hand_queue_update.entries) == 1)
+        split = pb.BreakoutPlan(split=pb.BreakoutPlan.Split(room_count=1))
+        host.send("o1", open_breakouts=api.ConnectRequest.OpenBreakouts(plan=split))
+        assert (await host.answer("o1")).WhichOneof("message") == "ack"
+        room = (await bob.next("room_entered")).room_entered.snapshot.session.id
+        bob.send("p2", create_poll=api.ConnectRequest.CreatePoll(poll=poll("Room poll?")))
+        assert (await bob.answer("p2")).error.reason == "MISSING_PERMISSION"
+
+        host.send("e1", end_session=api.ConnectRequest.EndSession(message="bye"))
+        for p in (host, ada, bob):
+            ended = await p.next("disconnect")
+            assert ended.disconnect.reason == common_pb2.LEAVE_REASON_SESSION_ENDED
+
+        got = await rpc(server, "GetPoll", api.GetPollRequest(poll_id=poll_id))
+        assert got.poll.state == pb.POLL_STATE_CLOSED
+        assert got.poll.results.answer_count == 1
+        queue = await rpc(server, "GetHandQueue", api.GetHandQueueRequest(session_id=session.id))
+        assert not queue.entries
+        breakouts = await rpc(
+            server, "GetBreakouts", api.GetBreakoutsRequest(session_id=session.id)
+        )
+        assert breakouts.breakouts.state == pb.BREAKOUTS_STATE_CLOSED
+        child = await rpc(server, "GetSession", api.GetSessionRequest(session_id=room))
+        assert child.session.state == common_pb2.SESSION_STATE_ENDED
+        events = []
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            watch = stub(channel).WatchSession(
+                api.WatchSessionRequest(session_id=session.id), metadata=auth(server.api_key)
+            )
+            async for message in watch:
+                if message.WhichOneof("message") != "event":
+                    break
+                events.append(message.event.session)
+                if message.event.session.WhichOneof("payload") == "attendance_finalized":
+                    break
+        closed = [e.poll_closed for e in events if e.WhichOneof("payload") == "poll_closed"]
+        assert [c.reason for c in closed] == [ev.PollClosed.REASON_SESSION_ENDED]
+        assert any(e.WhichOneof("payload") == "hand_lowered" for e in events)
+    finally:
+        for p in (host, ada, bob):
+            await p.close()

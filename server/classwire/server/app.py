@@ -134,6 +134,7 @@ class Platform:
             providers=providers,
         )
         platform.classroom = Classroom(db, uow, platform.sessions)
+        sessions.classroom = platform.classroom
         platform.webhooks = WebhookDispatcher(db, uow, wakeups)
         # The lifecycle's timers (join window, empty room, overrun, reconnect grace), and the
         # participant connections of this replica.

@@ -24,6 +24,7 @@ from ..domain.sessions import (
     SessionView,
 )
 from ..domain.sessions import ParticipantView as ParticipantView
+from . import classroom as classroom_conv
 from .common import duration_or_none, set_duration, set_time
 
 
@@ -270,6 +271,12 @@ def action_error(action_id: str, error: DomainError) -> api.ConnectResponse:
 def connect_response(item) -> api.ConnectResponse:
     if isinstance(item, pr.Push):
         return api.ConnectResponse(sequence=item.sequence, event=item.event)
+    if isinstance(item, (pr.HandQueue, pr.PollResults)):
+        # One item is shared by every connection of its audience: convert it once.
+        response = getattr(item, "response", None)
+        if response is None:
+            response = item.response = _shared_push(item)
+        return response
     if isinstance(item, pr.Ack):
         return api.ConnectResponse(
             action_id=item.action_id, ack=api.ConnectResponse.ActionAck(created_id=item.created_id)
@@ -304,6 +311,22 @@ def connect_response(item) -> api.ConnectResponse:
             disconnect=api.ConnectResponse.Disconnect(reason=item.reason, message=item.message)
         )
     raise TypeError(f"no conversion for {type(item).__name__}")
+
+
+def _shared_push(item) -> api.ConnectResponse:
+    if isinstance(item, pr.HandQueue):
+        return api.ConnectResponse(
+            sequence=item.sequence,
+            hand_queue_update=api.ConnectResponse.HandQueueUpdate(
+                entries=classroom_conv.hand_queue_to_proto(item.entries)
+            ),
+        )
+    return api.ConnectResponse(
+        sequence=item.sequence,
+        poll_results_update=api.ConnectResponse.PollResultsUpdate(
+            poll_id=item.poll_id, results=classroom_conv.poll_results_to_proto(item.view)
+        ),
+    )
 
 
 MAX_ACTION_ID = 64
@@ -412,5 +435,19 @@ def _action_args(kind: str, m) -> dict:
         }
     if kind == "end_session":
         return {"message": m.message}
-    # Breakouts, polls, media and signaling: answered NOT_YET_AVAILABLE by the domain.
+    if kind == "delete_chat":
+        return {"message_id": m.message_id}
+    if kind == "create_poll":
+        return {"poll": classroom_conv.poll_draft_from_proto(m.poll)}
+    if kind == "close_poll":
+        return {"poll_id": m.poll_id}
+    if kind == "open_breakouts":
+        return {"plan": classroom_conv.plan_from_proto(m.plan)}
+    if kind == "move_participant":
+        return {"participant_id": m.participant_id, "to_session_id": m.to_session_id}
+    if kind == "broadcast_to_breakouts":
+        return {"text": m.text}
+    if kind == "close_breakouts":
+        return {"countdown": duration_or_none(m, "countdown")}
+    # Recording, transcription, media and signaling: answered NOT_YET_AVAILABLE by the domain.
     return {}

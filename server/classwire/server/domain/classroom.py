@@ -837,6 +837,32 @@ class Classroom:
             caller, row = await self._poll_caller(s, principal, poll_id, write=False)
             return await self._poll_view(s, caller, row)
 
+    async def poll_results_views(
+        self, tenant_id: str, poll_id: str
+    ) -> tuple[PollView, PollView | None] | None:
+        """A poll's results for the connection's PollResultsUpdate pushes, read once for every
+        viewer: as moderators see them, and as everyone else does (None while hidden from them).
+        None when the poll is gone."""
+        async with self.db.reader() as s:
+            row = await crepo.get_poll(s, tenant_id, poll_id)
+            if row is None:
+                return None
+            room = await repo.get_live_session(s, tenant_id, row.session_id)
+            main = room
+            if room.parent_session_id:
+                main = await repo.get_live_session(s, tenant_id, room.parent_session_id)
+            answers = (await crepo.poll_answers(s, tenant_id, [row.id]))[row.id]
+            present = await crepo.present_participants(
+                s, tenant_id, main.id, room.id, (CONNECTED, RECONNECTING)
+            )
+        eligible = self._eligible(main, present, answers)
+        closed = row.state == POLL_CLOSED
+        visibility = row.results_visibility
+        moderators = PollView(row, answers, eligible, True, True, not row.anonymous)
+        if visibility == PUBLIC_LIVE or (visibility == PUBLIC_AFTER_CLOSE and closed):
+            return moderators, PollView(row, answers, eligible, True, closed, False)
+        return moderators, None
+
     async def list_polls(
         self,
         principal: Principal,

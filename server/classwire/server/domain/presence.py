@@ -1,16 +1,17 @@
 """Presence: the participant connections open on this replica and the pushes they receive.
 
 A connection is the stream being open. Everything a participant sees comes from the durable
-event log: one reader per main session (a `RoomFeed`) reads the events of the session and its
-breakout rooms in log order and offers each to the connections of that session, which filter it
-to what their participant may see. Moderation therefore needs no side channel: a connection
-reacts to the events about its own participant (admitted, denied, removed, moved, session ended)
-whichever replica wrote them.
+event log: one reader per tenant (a `TenantReader`) reads the events of its sessions with
+connections here (breakout rooms included) in log order and offers each to the connections of
+that session (its `RoomFeed`), which filter it to what their participant may see. Moderation
+therefore needs no side channel: a connection reacts to the events about its own participant
+(admitted, denied, removed, moved, session ended) whichever replica wrote them.
 
 Push sequences are derived from the log, not stored: a push caused by the event with tenant
-sequence `s` has sequence `4 * s + k` (k: 0 the event itself, 1 a room change it caused). They
-increase strictly across all of a participant's connections, and a resumed connection replays
-its missed pushes by reading the log after `after_sequence // 4` again, also after a restart.
+sequence `s` has sequence `4 * s + k` (k: 0 the event itself, 1 a room change it caused, 2 the
+hand queue or poll results after a hand or poll event). They increase strictly across all of a
+participant's connections, and a resumed connection replays its missed pushes by reading the
+log after `after_sequence // 4` again, also after a restart.
 
 Single-replica assumptions (see the area README): the feed readers, the connection registry and
 the action-id replay cache live in this process; after a crash, `SessionsDomain.recover_
@@ -127,6 +128,23 @@ class Push:
 
 
 @dataclass
+class HandQueue:
+    """The room's hand queue after the hand event whose push sequence is `sequence - 2`."""
+
+    sequence: int
+    entries: list  # classroom.HandEntry, in raise order
+
+
+@dataclass
+class PollResults:
+    """Live results of a poll, as far as the audience it was built for may see them."""
+
+    sequence: int
+    poll_id: str
+    view: Any  # classroom.PollView
+
+
+@dataclass
 class RoomEntered:
     sequence: int
     reason: int
@@ -166,6 +184,28 @@ def _name(envelope: event_pb2.Event) -> str:
     return envelope.type.rsplit(".", 1)[-1]
 
 
+HAND_EVENTS = frozenset({"HandRaised", "HandLowered"})
+POLL_RESULT_EVENTS = frozenset({"PollAnswered", "PollClosed"})
+# Results visibility that shows live results to everyone (proto default: unset = PUBLIC_LIVE).
+PUBLIC_LIVE_VISIBILITIES = frozenset({0, 1})
+
+
+@dataclass
+class Batch:
+    """What a batch of events needs beyond the events themselves, read once per feed (never
+    per connection): the learners' variant of events moderators see in full, the hand queues
+    and poll results pushed after hand and poll events. Shared by every connection offered
+    the batch, so each variant is built (and converted) once per audience."""
+
+    learner_view: dict[int, event_pb2.Event] = field(default_factory=dict)
+    hands: dict[int, HandQueue] = field(default_factory=dict)
+    # event sequence -> (moderators' results, everyone else's or None when hidden from them)
+    polls: dict[int, tuple[PollResults, PollResults | None]] = field(default_factory=dict)
+
+
+EMPTY_BATCH = Batch()
+
+
 class Connection:
     """One open participant stream and the filter of what its participant sees."""
 
@@ -195,7 +235,9 @@ class Connection:
 
     # -- filtering ---------------------------------------------------------------------------
 
-    def visible(self, envelope: event_pb2.Event) -> event_pb2.Event | None:
+    def visible(
+        self, envelope: event_pb2.Event, batch: Batch = EMPTY_BATCH
+    ) -> event_pb2.Event | None:
         name = _name(envelope)
         if self.waiting or name in HIDDEN:
             return None
@@ -214,9 +256,10 @@ class Connection:
             elif payload.audience == ev.CHAT_AUDIENCE_PARTICIPANT:
                 if me not in (payload.recipient_participant_id, payload.sender_participant_id):
                     return None
-        elif name == "PollCreated" and payload.correct_option_ids and not self.moderator:
-            envelope = _copy(envelope)
-            envelope.session.poll_created.ClearField("correct_option_ids")
+        elif name in ("PollCreated", "PollAnswered") and not self.moderator:
+            # Correct options, and the choices of polls whose results are not public live,
+            # are for moderators only.
+            envelope = batch.learner_view.get(envelope.sequence, envelope)
         elif name == "QualitySampleRecorded":
             if getattr(payload, "participant_id", "") != self.participant_id:
                 return None
@@ -224,23 +267,30 @@ class Connection:
 
     # -- the feed ----------------------------------------------------------------------------
 
-    def offer(self, envelope: event_pb2.Event) -> None:
+    def offer(self, envelope: event_pb2.Event, batch: Batch = EMPTY_BATCH) -> None:
         """Called by the feed for every event of the session family, in log order."""
         if self.closed or envelope.sequence <= self.cursor:
             return
         self.cursor = envelope.sequence
-        for item in self.react(envelope):
+        for item in self.react(envelope, batch):
             self.queue.put_nowait(item)
 
-    def react(self, envelope: event_pb2.Event) -> list:
+    def react(self, envelope: event_pb2.Event, batch: Batch = EMPTY_BATCH) -> list:
         """The pushes one event makes, and the changes it makes to this connection."""
         out: list = []
         name = _name(envelope)
         payload = unwrap(envelope)
         mine = getattr(payload, "participant_id", None) == self.participant_id
-        shown = self.visible(envelope)
+        shown = self.visible(envelope, batch)
         if shown is not None:
             out.append(Push(envelope.sequence * 4, shown))
+            if name in HAND_EVENTS and envelope.sequence in batch.hands:
+                out.append(batch.hands[envelope.sequence])
+            elif name in POLL_RESULT_EVENTS and envelope.sequence in batch.polls:
+                moderators, everyone = batch.polls[envelope.sequence]
+                results = moderators if self.moderator else everyone
+                if results is not None:
+                    out.append(results)
         if name in ("SessionEnded", "SessionCancelled"):
             if envelope.session_id == self.main_session_id:
                 message = payload.message if name == "SessionEnded" else payload.reason
@@ -301,45 +351,65 @@ def _copy(envelope: event_pb2.Event) -> event_pb2.Event:
 
 
 class RoomFeed:
-    """Reads one main session's events (its breakout rooms' too) and offers them to the
-    session's connections on this replica, in log order."""
+    """The connections of one main session (its breakout rooms too) on this replica."""
 
-    def __init__(self, presence: Presence, tenant_id: str, session_id: str, cursor: int) -> None:
+    def __init__(self, reader: TenantReader, session_id: str) -> None:
+        self.reader = reader
+        self.session_id = session_id
+        self.connections: set[Connection] = set()
+
+    @property
+    def cursor(self) -> int:
+        return self.reader.cursor
+
+
+class TenantReader:
+    """Reads the events of every session of one tenant that has connections on this replica,
+    in log order, and offers each to the connections of its session: one read of the log per
+    wake-up, each event decoded once, whatever the number of sessions and connections."""
+
+    def __init__(self, presence: Presence, tenant_id: str, cursor: int) -> None:
         self.presence = presence
         self.tenant_id = tenant_id
-        self.session_id = session_id
         self.cursor = cursor
-        self.connections: set[Connection] = set()
+        self.feeds: dict[str, RoomFeed] = {}
+        # Held for a read and its delivery: a connection attaching meanwhile would miss the
+        # events read before its session was part of the query.
+        self.lock = asyncio.Lock()
         self.task: asyncio.Task | None = None
 
     async def run(self) -> None:
         db, wakeups = self.presence.db, self.presence.wakeups
-        while self.connections:
+        while self.feeds:
             try:
-                async with db.reader() as session:
-                    head = await event_store.last_sequence(
-                        session, self.tenant_id, event_store.TENANT_STREAM
-                    )
-                    rows = await repo.family_events_after(
-                        session, self.tenant_id, self.session_id, self.cursor, FEED_BATCH
-                    )
-                for row in rows:
-                    envelope = event_pb2.Event.FromString(row.payload)
-                    if envelope.actor.kind == common_pb2.Actor.KIND_API_KEY:
-                        # Participants see that a backend acted, never which key.
-                        envelope.actor.ClearField("id")
-                    self.cursor = row.sequence
-                    for connection in list(self.connections):
-                        connection.offer(envelope)
-                if len(rows) == FEED_BATCH:
-                    continue
-                # Everything up to the head read before the events has been seen.
-                self.cursor = max(self.cursor, head)
+                async with self.lock:
+                    async with db.reader() as session:
+                        head = await event_store.last_sequence(
+                            session, self.tenant_id, event_store.TENANT_STREAM
+                        )
+                        rows = await repo.families_events_after(
+                            session, self.tenant_id, list(self.feeds), self.cursor, FEED_BATCH
+                        )
+                    envelopes = [
+                        (_public(event_pb2.Event.FromString(row.payload)), main)
+                        for row, main in rows
+                    ]
+                    batch = await self.presence.prepare(self.tenant_id, [e for e, _ in envelopes])
+                    for envelope, main in envelopes:
+                        self.cursor = envelope.sequence
+                        feed = self.feeds.get(main)
+                        if feed is not None:
+                            for connection in list(feed.connections):
+                                connection.offer(envelope, batch)
+                    if len(rows) == FEED_BATCH:
+                        continue
+                    # Everything up to the head read before the events has been seen.
+                    self.cursor = max(self.cursor, head)
                 await wakeups.wait(self.tenant_id, head, self.presence.poll_interval)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("room feed failed; retrying", session_id=self.session_id)
+                log.exception("session feed failed; retrying", tenant_id=self.tenant_id)
                 await asyncio.sleep(0.5)
 
 
@@ -359,6 +429,7 @@ class Presence:
         self.classroom = classroom
         self.poll_interval = poll_interval
         self.feeds: dict[tuple[str, str], RoomFeed] = {}
+        self.readers: dict[str, TenantReader] = {}
         self.connections: dict[str, Connection] = {}
         self.closing = False
         self._tasks: set[asyncio.Task] = set()
@@ -399,6 +470,8 @@ class Presence:
             replay, replay_head = await self._replay(principal, after)
         result = await self.sessions.join(principal, resume_token, len(replay))
         connection = Connection(self, principal, result)
+        if not result.resumed and not result.waiting:
+            await self._enter_assigned_room(connection)
         if not result.resumed:
             replay = []
         else:
@@ -449,6 +522,18 @@ class Presence:
                         connection.tenant_id, connection.participant_id, connection.epoch
                     )
                 )
+
+    async def _enter_assigned_room(self, connection: Connection) -> None:
+        """A participant joining while breakout rooms are open lands in the room it is assigned
+        to (it may have been assigned before it (re)joined), not in the main room."""
+        room = await self.classroom.assigned_room(
+            connection.tenant_id, connection.main_session_id, connection.participant_id
+        )
+        if room != connection.room:
+            await self.sessions.record_move(
+                connection.tenant_id, connection.participant_id, room, s.LR_MOVED
+            )
+            connection.room = room
 
     async def _read_actions(self, connection: Connection, iterator) -> None:
         try:
@@ -514,7 +599,23 @@ class Presence:
                 args = (connection.participant_id,)  # no target: the participant's own hand
             result = await method(principal, session_id, *args)
             return _created_id(result)
-        if kind == "admit":
+        if kind == "delete_chat":
+            await classroom.delete_chat_message(principal, a["message_id"])
+        elif kind == "create_poll":
+            return (await classroom.create_poll(principal, session_id, a["poll"])).id
+        elif kind == "close_poll":
+            await classroom.close_poll(principal, a["poll_id"])
+        elif kind == "open_breakouts":
+            await classroom.create_breakouts(principal, main, a["plan"])
+        elif kind == "move_participant":
+            await classroom.move_participant(
+                principal, main, a["participant_id"], a["to_session_id"]
+            )
+        elif kind == "broadcast_to_breakouts":
+            await classroom.broadcast(principal, main, a["text"])
+        elif kind == "close_breakouts":
+            await classroom.close_breakouts(principal, main, a["countdown"])
+        elif kind == "admit":
             await sessions.admit(principal, main, a.get("participant_id"))
         elif kind == "deny":
             await sessions.deny(principal, main, a["participant_id"], a.get("message", ""))
@@ -541,32 +642,36 @@ class Presence:
     # -- feeds -------------------------------------------------------------------------------
 
     async def _attach(self, connection: Connection) -> None:
-        key = (connection.tenant_id, connection.main_session_id)
-        feed = self.feeds.get(key)
-        if feed is None:
-            feed = RoomFeed(
-                self, connection.tenant_id, connection.main_session_id, connection.cursor
-            )
-            self.feeds[key] = feed
-        # Catch up on what the feed already passed, then join it with no await in between.
-        while connection.cursor < feed.cursor:
-            upto = feed.cursor
-            async with self.db.reader() as session:
-                rows = await repo.family_events_after(
-                    session,
-                    connection.tenant_id,
-                    connection.main_session_id,
-                    connection.cursor,
-                    FEED_BATCH,
-                )
-            rows = [r for r in rows if r.sequence <= upto]
-            for row in rows:
-                connection.offer(_public(event_pb2.Event.FromString(row.payload)))
-            if len(rows) < FEED_BATCH:
-                connection.cursor = max(connection.cursor, upto)
-        feed.connections.add(connection)
-        if feed.task is None or feed.task.done():
-            feed.task = asyncio.ensure_future(feed.run())
+        tenant_id, key = connection.tenant_id, (connection.tenant_id, connection.main_session_id)
+        reader = self.readers.get(tenant_id)
+        if reader is None:
+            reader = self.readers[tenant_id] = TenantReader(self, tenant_id, connection.cursor)
+        async with reader.lock:
+            feed = self.feeds.get(key)
+            if feed is None:
+                feed = self.feeds[key] = RoomFeed(reader, connection.main_session_id)
+                reader.feeds[connection.main_session_id] = feed
+            # Catch up on what the reader already passed; it waits for the lock meanwhile.
+            while connection.cursor < reader.cursor:
+                upto = reader.cursor
+                async with self.db.reader() as session:
+                    rows = await repo.family_events_after(
+                        session,
+                        tenant_id,
+                        connection.main_session_id,
+                        connection.cursor,
+                        FEED_BATCH,
+                    )
+                rows = [r for r in rows if r.sequence <= upto]
+                envelopes = [_public(event_pb2.Event.FromString(r.payload)) for r in rows]
+                batch = await self.prepare(tenant_id, envelopes)
+                for envelope in envelopes:
+                    connection.offer(envelope, batch)
+                if len(rows) < FEED_BATCH:
+                    connection.cursor = max(connection.cursor, upto)
+            feed.connections.add(connection)
+        if reader.task is None or reader.task.done():
+            reader.task = asyncio.ensure_future(reader.run())
 
     def _detach(self, connection: Connection) -> None:
         key = (connection.tenant_id, connection.main_session_id)
@@ -574,10 +679,16 @@ class Presence:
         if feed is None:
             return
         feed.connections.discard(connection)
-        if not feed.connections:
-            if feed.task is not None:
-                feed.task.cancel()
-            del self.feeds[key]
+        if feed.connections:
+            return
+        del self.feeds[key]
+        reader = feed.reader
+        reader.feeds.pop(connection.main_session_id, None)
+        if not reader.feeds:
+            if reader.task is not None:
+                reader.task.cancel()
+            if self.readers.get(connection.tenant_id) is reader:
+                del self.readers[connection.tenant_id]
 
     async def _replay(self, principal: Principal, after: int) -> tuple[list, int]:
         """The pushes after `after` a resumed participant missed, read from the log."""
@@ -611,19 +722,66 @@ class Presence:
                 rows = await repo.family_events_after(
                     session, principal.tenant_id, p.session_id, cursor, FEED_BATCH
                 )
-            for r in rows:
-                if r.sequence > head:
-                    break
-                envelope = _public(event_pb2.Event.FromString(r.payload))
-                cursor = r.sequence
+            envelopes = [
+                _public(event_pb2.Event.FromString(r.payload)) for r in rows if r.sequence <= head
+            ]
+            batch = await self.prepare(principal.tenant_id, envelopes)
+            for envelope in envelopes:
+                cursor = envelope.sequence
                 items.extend(
                     i
-                    for i in probe.react(envelope)
-                    if isinstance(i, (Push, _PendingRoomEntered)) and i.sequence > after
+                    for i in probe.react(envelope, batch)
+                    if isinstance(i, (Push, _PendingRoomEntered, HandQueue, PollResults))
+                    and i.sequence > after
                 )
-            if len(rows) < FEED_BATCH or cursor >= head:
+            if len(rows) < FEED_BATCH or len(envelopes) < len(rows) or cursor >= head:
                 break
         return items, head
+
+    async def prepare(self, tenant_id: str, envelopes: list[event_pb2.Event]) -> Batch:
+        """The per-audience variants and the hand queue / poll results pushes of a batch of
+        events: one read per room with hand changes and per poll with answers in the batch,
+        whatever the number of connections (see Batch)."""
+        batch = Batch()
+        last_hand: dict[str, int] = {}  # room -> the sequence of its last hand event
+        last_poll: dict[str, int] = {}  # poll -> the sequence of its last answer or close
+        answered: list[event_pb2.Event] = []
+        for envelope in envelopes:
+            name = _name(envelope)
+            if name in HAND_EVENTS:
+                last_hand[envelope.session_id] = envelope.sequence
+            elif name in POLL_RESULT_EVENTS:
+                last_poll[unwrap(envelope).poll_id] = envelope.sequence
+                if name == "PollAnswered" and envelope.session.poll_answered.option_ids:
+                    answered.append(envelope)
+            elif name == "PollCreated" and envelope.session.poll_created.correct_option_ids:
+                learner = _copy(envelope)
+                learner.session.poll_created.ClearField("correct_option_ids")
+                batch.learner_view[envelope.sequence] = learner
+        if not (last_hand or last_poll):
+            return batch
+        classroom = self.classroom
+        for room, sequence in last_hand.items():
+            entries = await classroom.hand_queue(tenant_id, room)
+            batch.hands[sequence] = HandQueue(sequence * 4 + 2, entries)
+        visibility: dict[str, int] = {}
+        for poll_id, sequence in last_poll.items():
+            views = await classroom.poll_results_views(tenant_id, poll_id)
+            if views is None:
+                continue
+            moderators, everyone = views
+            visibility[poll_id] = moderators.poll.results_visibility
+            batch.polls[sequence] = (
+                PollResults(sequence * 4 + 2, poll_id, moderators),
+                PollResults(sequence * 4 + 2, poll_id, everyone) if everyone else None,
+            )
+        for envelope in answered:
+            poll_id = envelope.session.poll_answered.poll_id
+            if visibility.get(poll_id, 0) not in PUBLIC_LIVE_VISIBILITIES:
+                learner = _copy(envelope)
+                learner.session.poll_answered.ClearField("option_ids")
+                batch.learner_view[envelope.sequence] = learner
+        return batch
 
     async def _materialize(self, connection: Connection, item):
         if isinstance(item, _PendingRoomEntered):
@@ -673,9 +831,9 @@ class Presence:
                     connection.tenant_id, connection.participant_id, connection.epoch
                 )
             connection.queue.put_nowait(_Shutdown())
-        for feed in list(self.feeds.values()):
-            if feed.task is not None:
-                feed.task.cancel()
+        for reader in list(self.readers.values()):
+            if reader.task is not None:
+                reader.task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
 

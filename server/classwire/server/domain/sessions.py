@@ -351,6 +351,9 @@ class SessionsDomain:
         self.issuer = issuer
         # events.timers.Timers; None only for callers that never change a session's lifecycle.
         self.timers = timers
+        # domain.classroom.Classroom (set by the composition root): ending a session closes its
+        # polls, lowers its hands and ends its breakout rooms.
+        self.classroom = None
 
     # Access ------------------------------------------------------------------------------------
 
@@ -859,6 +862,9 @@ class SessionsDomain:
         row.end_message = message
         row.empty_since = None
         if row.parent_session_id is None:
+            if self.classroom is not None:
+                # Before everyone leaves, so closed polls count who was in the room.
+                await self.classroom.on_session_ended(uow, row)
             for p in await repo.participants_list(
                 uow.session, row.tenant_id, row.id, states=PRESENT
             ):

@@ -1,14 +1,394 @@
-"""SchedulingService. Every RPC answers UNIMPLEMENTED until the scheduling capability arrives."""
+"""SchedulingService: validate -> scheduling domain -> convert. RPCs not listed in
+SchedulingHandler.IMPLEMENTED still answer UNIMPLEMENTED."""
 
 from __future__ import annotations
 
+from classwire.api.scheduling.v1 import service_pb2 as api
 from classwire.api.scheduling.v1 import service_pb2_grpc
 
-from .unimplemented import unimplemented_servicer
+from ..convert import scheduling as conv
+from ..convert.common import mask_paths, time_or_none
+from ..domain import scheduling as d
+from ..domain.errors import FieldViolation, InvalidArgument
+from ..rpc.context import principal
+from .idempotency import key_for
+from .unimplemented import delegates, unimplemented_servicer
 
 SERVICE = "classwire.api.scheduling.v1.SchedulingService"
 
 
+def _respond(result, response_type, convert):
+    # A replayed request (same request_id) comes back as the stored response itself.
+    return result if isinstance(result, response_type) else convert(result)
+
+
+def _key(method: str, request, response_type, convert):
+    return key_for(
+        f"{SERVICE}/{method}",
+        request,
+        response_type,
+        to_response=convert,
+        from_response=lambda m: m,
+    )
+
+
+def _unsupported(request, *names: str) -> None:
+    """Fields of the contract this release cannot honour are refused, never ignored."""
+    bad = []
+    for name in names:
+        head, _, tail = name.partition(".")
+        message = request
+        if tail:
+            if not message.HasField(head):
+                continue
+            message, name = getattr(message, head), tail
+        value = getattr(message, name)
+        present = message.HasField(name) if hasattr(value, "ListFields") else bool(value)
+        if present:
+            bad.append(FieldViolation(f"{head}.{name}" if tail else name, "is not supported yet"))
+    if bad:
+        raise InvalidArgument(bad)
+
+
+class SchedulingHandler:
+    IMPLEMENTED = (
+        "GetSchedulingSettings",
+        "UpdateSchedulingSettings",
+        "GetAvailability",
+        "SetAvailability",
+        "ListAvailabilities",
+        "GetFreeBusy",
+        "FindSlots",
+        "CreateBooking",
+        "GetBooking",
+        "ListBookings",
+        "UpdateBooking",
+        "RescheduleBooking",
+        "CancelBooking",
+        "ReserveSeat",
+        "ReleaseSeat",
+        "MarkNoShow",
+        "CreateSeries",
+        "GetSeries",
+        "ListSeries",
+        "ListOccurrences",
+        "UpdateSeries",
+        "CancelSeries",
+        "GetCalendarFeed",
+    )
+
+    def __init__(self, domain: d.SchedulingDomain) -> None:
+        self.domain = domain
+
+    # Settings ----------------------------------------------------------------------------------
+
+    async def GetSchedulingSettings(self, request, context):
+        data, version, update_time = await self.domain.get_settings(principal())
+        return api.GetSchedulingSettingsResponse(
+            settings=conv.settings_to_proto(data, version, update_time)
+        )
+
+    async def UpdateSchedulingSettings(self, request, context):
+        principal().require(d.ADMIN)
+        paths = mask_paths(request.update_mask, d.SETTINGS_PATHS)
+        data, version, update_time = await self.domain.update_settings(
+            principal(), conv.settings_from_proto(request.settings), paths, request.settings.etag
+        )
+        return api.UpdateSchedulingSettingsResponse(
+            settings=conv.settings_to_proto(data, version, update_time)
+        )
+
+    # Availability ------------------------------------------------------------------------------
+
+    async def GetAvailability(self, request, context):
+        view = await self.domain.get_availability(principal(), request.person_id)
+        return api.GetAvailabilityResponse(availability=conv.availability_to_proto(view))
+
+    async def SetAvailability(self, request, context):
+        principal().require(d.WRITE)
+        paths = (
+            mask_paths(request.update_mask, d.AVAILABILITY_PATHS)
+            if request.HasField("update_mask") and request.update_mask.paths
+            else None
+        )
+        view = await self.domain.set_availability(
+            principal(),
+            conv.availability_from_proto(request.availability),
+            paths,
+            request.availability.etag,
+        )
+        return api.SetAvailabilityResponse(availability=conv.availability_to_proto(view))
+
+    async def ListAvailabilities(self, request, context):
+        views, token = await self.domain.list_availabilities(
+            principal(), list(request.person_ids), request.page_size, request.page_token
+        )
+        return api.ListAvailabilitiesResponse(
+            availabilities=[conv.availability_to_proto(v) for v in views], next_page_token=token
+        )
+
+    async def GetFreeBusy(self, request, context):
+        views = await self.domain.free_busy(
+            principal(), list(request.person_ids), conv.interval(request, "window")
+        )
+        return api.GetFreeBusyResponse(people=[conv.free_busy_to_proto(v) for v in views])
+
+    async def FindSlots(self, request, context):
+        principal().require(d.READ)
+        _unsupported(request, "match.matcher")
+        match = request.match
+        weights = None
+        if request.HasField("match") and match.HasField("weights"):
+            w = match.weights
+            weights = {
+                "continuity": w.continuity,
+                "language": w.language,
+                "preference": w.preference,
+                "load_balance": w.load_balance,
+            }
+        query = d.FindSlotsQuery(
+            subject=request.subject,
+            level=request.level,
+            duration=request.duration.ToTimedelta() if request.HasField("duration") else None,
+            window=conv.interval(request, "window"),
+            learner_id=request.learner_id,
+            time_zone=request.time_zone,
+            instructor_ids=tuple(request.instructor_ids) or tuple(match.instructor_ids),
+            include_group_seats=request.include_group_seats,
+            max_candidates=request.max_candidates,
+            max_slots=request.max_slots,
+            weights=weights,
+            excluded_instructor_ids=tuple(match.excluded_instructor_ids),
+        )
+        slots, tz, truncated = await self.domain.find_slots(principal(), query)
+        return api.FindSlotsResponse(
+            slots=[conv.slot_to_proto(s) for s in slots], time_zone=tz, truncated=truncated
+        )
+
+    # Bookings ----------------------------------------------------------------------------------
+
+    async def CreateBooking(self, request, context):
+        caller = principal()
+        caller.require(d.WRITE)
+        _unsupported(request, "booking.reminder_policy")
+
+        def convert(row):
+            return api.CreateBookingResponse(booking=conv.booking_to_proto(row))
+
+        key = _key("CreateBooking", request, api.CreateBookingResponse, convert)
+        result = await self.domain.create_booking(
+            caller, conv.booking_from_proto(request.booking), key
+        )
+        return _respond(result, api.CreateBookingResponse, convert)
+
+    async def GetBooking(self, request, context):
+        row = await self.domain.get_booking(principal(), conv.ref_from_proto(request.booking))
+        return api.GetBookingResponse(booking=conv.booking_to_proto(row))
+
+    async def ListBookings(self, request, context):
+        rows, token = await self.domain.list_bookings(
+            principal(),
+            conv.interval(request, "window"),
+            states=list(request.states),
+            size=request.page_size,
+            token=request.page_token,
+            person_id=request.person_id,
+            instructor_id=request.instructor_id,
+            learner_id=request.learner_id,
+            class_id=request.class_id,
+            series_id=request.series_id,
+            subject=request.subject,
+            unassigned_only=request.unassigned_only,
+        )
+        return api.ListBookingsResponse(
+            bookings=[conv.booking_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def UpdateBooking(self, request, context):
+        principal().require(d.WRITE)
+        paths = mask_paths(request.update_mask, d.BOOKING_PATHS - {"reminder_policy"})
+        row = await self.domain.update_booking(
+            principal(),
+            request.booking.id,
+            conv.booking_from_proto(request.booking),
+            paths,
+            request.booking.etag,
+        )
+        return api.UpdateBookingResponse(booking=conv.booking_to_proto(row))
+
+    async def RescheduleBooking(self, request, context):
+        principal().require(d.WRITE)
+        _unsupported(request, "allow_reassign")
+        row, outcome = await self.domain.reschedule(
+            principal(),
+            conv.ref_from_proto(request.booking),
+            time_or_none(request, "new_start_time"),
+            time_or_none(request, "new_end_time"),
+            request.reason,
+            conv.initiator_from_proto(request.initiator),
+            request.waive_cutoff,
+            request.etag,
+        )
+        return api.RescheduleBookingResponse(booking=conv.booking_to_proto(row), outcome=outcome)
+
+    async def CancelBooking(self, request, context):
+        row, outcome = await self.domain.cancel(
+            principal(),
+            conv.ref_from_proto(request.booking),
+            request.reason,
+            conv.initiator_from_proto(request.initiator),
+            request.waive_cutoff,
+            request.etag,
+        )
+        return api.CancelBookingResponse(booking=conv.booking_to_proto(row), outcome=outcome)
+
+    async def ReserveSeat(self, request, context):
+        caller = principal()
+        caller.require(d.WRITE)
+        if request.WhichOneof("target") != "booking":
+            raise InvalidArgument(
+                FieldViolation(
+                    "series_id", "series-wide seats are not supported yet; name a booking"
+                )
+            )
+
+        def convert(row):
+            return api.ReserveSeatResponse(booking=conv.booking_to_proto(row))
+
+        key = _key("ReserveSeat", request, api.ReserveSeatResponse, convert)
+        result = await self.domain.reserve_seat(
+            caller, conv.ref_from_proto(request.booking), request.learner_id, key
+        )
+        return _respond(result, api.ReserveSeatResponse, convert)
+
+    async def ReleaseSeat(self, request, context):
+        principal().require(d.WRITE)
+        if request.WhichOneof("target") != "booking":
+            raise InvalidArgument(
+                FieldViolation(
+                    "series_id", "series-wide seats are not supported yet; name a booking"
+                )
+            )
+        row, outcome = await self.domain.release_seat(
+            principal(),
+            conv.ref_from_proto(request.booking),
+            request.learner_id,
+            request.reason,
+            conv.initiator_from_proto(request.initiator),
+            request.waive_cutoff,
+        )
+        return api.ReleaseSeatResponse(booking=conv.booking_to_proto(row), outcome=outcome)
+
+    async def MarkNoShow(self, request, context):
+        row = await self.domain.mark_no_show(
+            principal(),
+            conv.ref_from_proto(request.booking),
+            list(request.person_ids),
+            request.note,
+        )
+        return api.MarkNoShowResponse(booking=conv.booking_to_proto(row))
+
+    # Series ------------------------------------------------------------------------------------
+
+    async def CreateSeries(self, request, context):
+        caller = principal()
+        caller.require(d.WRITE)
+        _unsupported(request, "series.reminder_policy")
+
+        def convert(result):
+            series, conflicts = result
+            return api.CreateSeriesResponse(
+                series=conv.series_to_proto(series),
+                conflicts=[conv.conflict_to_proto(c) for c in conflicts],
+            )
+
+        key = _key("CreateSeries", request, api.CreateSeriesResponse, convert)
+        result = await self.domain.create_series(
+            caller, conv.series_from_proto(request.series), request.conflict_policy, key
+        )
+        return _respond(result, api.CreateSeriesResponse, convert)
+
+    async def GetSeries(self, request, context):
+        row = await self.domain.get_series(principal(), request.series_id)
+        return api.GetSeriesResponse(series=conv.series_to_proto(row))
+
+    async def ListSeries(self, request, context):
+        rows, token = await self.domain.list_series(
+            principal(),
+            state=request.state,
+            class_id=request.class_id,
+            instructor_id=request.instructor_id,
+            learner_id=request.learner_id,
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return api.ListSeriesResponse(
+            series=[conv.series_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def ListOccurrences(self, request, context):
+        rows, token = await self.domain.list_occurrences(
+            principal(),
+            request.series_id,
+            conv.interval(request, "window"),
+            request.include_cancelled,
+            request.page_size,
+            request.page_token,
+        )
+        return api.ListOccurrencesResponse(
+            occurrences=[conv.booking_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def UpdateSeries(self, request, context):
+        principal().require(d.WRITE)
+        # Changing the rule or the times of a series is not supported yet: the mask refuses it.
+        paths = mask_paths(request.update_mask, d.SERIES_PATHS - {"reminder_policy"})
+        _unsupported(request, "exception_handling", "conflict_policy")
+        row = await self.domain.update_series(
+            principal(),
+            request.series.id,
+            conv.series_from_proto(request.series),
+            paths,
+            time_or_none(request, "apply_from_time"),
+            request.series.etag,
+        )
+        return api.UpdateSeriesResponse(series=conv.series_to_proto(row))
+
+    async def CancelSeries(self, request, context):
+        row, outcome = await self.domain.cancel_series(
+            principal(),
+            request.series_id,
+            time_or_none(request, "from_time"),
+            request.reason,
+            conv.initiator_from_proto(request.initiator),
+            request.waive_cutoff,
+            request.etag,
+        )
+        return api.CancelSeriesResponse(series=conv.series_to_proto(row), outcome=outcome)
+
+    # Calendars ---------------------------------------------------------------------------------
+
+    async def GetCalendarFeed(self, request, context):
+        ics = await self.domain.calendar_feed(
+            principal(),
+            request.person_id,
+            conv.interval(request, "window"),
+            request.include_cancelled,
+        )
+        return api.GetCalendarFeedResponse(ics=ics, content_type="text/calendar; charset=utf-8")
+
+
 def scheduling_servicer(platform) -> object:
-    """The servicer, built from the composition root's Platform (db, uow, plugins, ...)."""
-    return unimplemented_servicer(service_pb2_grpc.SchedulingServiceServicer, SERVICE)
+    """The servicer, built from the composition root's Platform (db, uow, timers, ...)."""
+    domain = d.SchedulingDomain(
+        platform.db,
+        platform.uow,
+        getattr(platform, "timers", None),
+        getattr(platform, "sessions", None),
+    )
+    handler = SchedulingHandler(domain)
+    return unimplemented_servicer(
+        service_pb2_grpc.SchedulingServiceServicer,
+        SERVICE,
+        implemented=delegates(handler, SchedulingHandler.IMPLEMENTED),
+    )

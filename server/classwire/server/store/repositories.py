@@ -413,6 +413,34 @@ async def family_events_after(
     return list((await session.scalars(query)).all())
 
 
+async def families_events_after(
+    session: AsyncSession,
+    tenant_id: str,
+    main_session_ids: Collection[str],
+    after_sequence: int,
+    limit: int,
+) -> list[tuple[Event, str]]:
+    """Events of several sessions and their breakout rooms after a tenant sequence, oldest
+    first, each with the id of its main session: one read serves every live room of a tenant."""
+    mains = list(main_session_ids)
+    main_of = func.coalesce(LiveSession.parent_session_id, LiveSession.id)
+    query = (
+        select(Event, main_of)
+        .join(
+            LiveSession,
+            and_(LiveSession.tenant_id == Event.tenant_id, LiveSession.id == Event.session_id),
+        )
+        .where(
+            Event.tenant_id == tenant_id,
+            Event.sequence > after_sequence,
+            or_(LiveSession.id.in_(mains), LiveSession.parent_session_id.in_(mains)),
+        )
+        .order_by(Event.sequence)
+        .limit(limit)
+    )
+    return [(row[0], row[1]) for row in (await session.execute(query)).all()]
+
+
 # The event log, read through the API ------------------------------------------------------------
 
 

@@ -1,0 +1,332 @@
+"""Queries of the scheduling area. Repositories never commit: the caller owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .roster_models import RosterPerson, RosterQualification
+from .scheduling_models import (
+    SchedAvailability,
+    SchedBooking,
+    SchedBookingPerson,
+    SchedPersonLock,
+    SchedSeries,
+    SchedSettings,
+)
+
+
+def _insert(session: AsyncSession):
+    return pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+
+
+async def lock_people(session: AsyncSession, tenant_id: str, person_ids: Iterable[str]) -> None:
+    """Takes the booking lock of each person, in a fixed order so two transactions never wait
+    on each other crosswise. Concurrent bookers of one person queue here until the holder
+    commits; the overlap check after it then sees the holder's booking."""
+    ids = sorted(set(p for p in person_ids if p))
+    if not ids:
+        return
+    insert = _insert(session)
+    await session.execute(
+        insert(SchedPersonLock)
+        .values([{"tenant_id": tenant_id, "person_id": p, "version": 0} for p in ids])
+        .on_conflict_do_nothing()
+    )
+    for person_id in ids:
+        await session.execute(
+            update(SchedPersonLock)
+            .where(SchedPersonLock.tenant_id == tenant_id, SchedPersonLock.person_id == person_id)
+            .values(version=SchedPersonLock.version + 1)
+        )
+
+
+async def people(session: AsyncSession, tenant_id: str, ids: Sequence[str]) -> list[RosterPerson]:
+    if not ids:
+        return []
+    rows = await session.scalars(
+        select(RosterPerson).where(
+            RosterPerson.tenant_id == tenant_id,
+            RosterPerson.id.in_(list(ids)),
+            RosterPerson.delete_time.is_(None),
+        )
+    )
+    return list(rows)
+
+
+async def qualified_ids(session: AsyncSession, tenant_id: str, subject: str, level: str):
+    levels = [""] if not level else ["", level]
+    rows = await session.scalars(
+        select(RosterQualification.person_id)
+        .where(
+            RosterQualification.tenant_id == tenant_id,
+            RosterQualification.subject == subject,
+            RosterQualification.level.in_(levels) if level else True,
+        )
+        .distinct()
+    )
+    return list(rows)
+
+
+async def settings(session: AsyncSession, tenant_id: str) -> SchedSettings | None:
+    return await session.get(SchedSettings, tenant_id)
+
+
+async def availability(session: AsyncSession, tenant_id: str, person_id: str):
+    row = await session.get(SchedAvailability, person_id)
+    return row if row is not None and row.tenant_id == tenant_id else None
+
+
+async def availabilities(session: AsyncSession, tenant_id: str, person_ids: Sequence[str]):
+    if not person_ids:
+        return []
+    rows = await session.scalars(
+        select(SchedAvailability).where(
+            SchedAvailability.tenant_id == tenant_id,
+            SchedAvailability.person_id.in_(list(person_ids)),
+        )
+    )
+    return list(rows)
+
+
+async def list_availabilities(
+    session: AsyncSession, tenant_id: str, person_ids: Sequence[str], after: str, limit: int
+):
+    query = select(SchedAvailability).where(SchedAvailability.tenant_id == tenant_id)
+    if person_ids:
+        query = query.where(SchedAvailability.person_id.in_(list(person_ids)))
+    if after:
+        query = query.where(SchedAvailability.person_id > after)
+    rows = await session.scalars(query.order_by(SchedAvailability.person_id).limit(limit))
+    return list(rows)
+
+
+async def booking(session: AsyncSession, tenant_id: str, booking_id: str, *, lock=False):
+    query = select(SchedBooking).where(
+        SchedBooking.tenant_id == tenant_id, SchedBooking.id == booking_id
+    )
+    if lock:
+        query = query.with_for_update()
+    return await session.scalar(query)
+
+
+async def occurrence(
+    session: AsyncSession, tenant_id: str, series_id: str, original: datetime, *, lock=False
+):
+    query = select(SchedBooking).where(
+        SchedBooking.tenant_id == tenant_id,
+        SchedBooking.series_id == series_id,
+        SchedBooking.original_start_time == original,
+    )
+    if lock:
+        query = query.with_for_update()
+    return await session.scalar(query)
+
+
+async def series(session: AsyncSession, tenant_id: str, series_id: str, *, lock=False):
+    query = select(SchedSeries).where(
+        SchedSeries.tenant_id == tenant_id, SchedSeries.id == series_id
+    )
+    if lock:
+        query = query.with_for_update()
+    return await session.scalar(query)
+
+
+async def series_occurrences(session: AsyncSession, series_id: str) -> list[SchedBooking]:
+    rows = await session.scalars(
+        select(SchedBooking)
+        .where(SchedBooking.series_id == series_id)
+        .order_by(SchedBooking.original_start_time)
+    )
+    return list(rows)
+
+
+async def busy(
+    session: AsyncSession,
+    tenant_id: str,
+    person_ids: Sequence[str],
+    start: datetime,
+    end: datetime,
+) -> list[SchedBookingPerson]:
+    """Participations of `person_ids` in scheduled bookings overlapping [start, end)."""
+    if not person_ids:
+        return []
+    rows = await session.scalars(
+        select(SchedBookingPerson)
+        .where(
+            SchedBookingPerson.tenant_id == tenant_id,
+            SchedBookingPerson.person_id.in_(list(person_ids)),
+            SchedBookingPerson.state == 1,
+            SchedBookingPerson.start_time < end,
+            SchedBookingPerson.end_time > start,
+        )
+        .order_by(SchedBookingPerson.start_time)
+    )
+    return list(rows)
+
+
+async def set_participants(session: AsyncSession, row: SchedBooking) -> None:
+    """Rewrites a booking's participant rows from the booking."""
+    existing = await session.scalars(
+        select(SchedBookingPerson).where(SchedBookingPerson.booking_id == row.id)
+    )
+    for item in existing:
+        await session.delete(item)
+    await session.flush()
+    wanted = {p: 1 for p in row.learner_ids}
+    if row.instructor_id:
+        wanted[row.instructor_id] = 2
+    for person_id, role in wanted.items():
+        session.add(
+            SchedBookingPerson(
+                booking_id=row.id,
+                person_id=person_id,
+                tenant_id=row.tenant_id,
+                role=role,
+                state=row.state,
+                start_time=row.start_time,
+                end_time=row.end_time,
+            )
+        )
+    await session.flush()
+
+
+async def bookings_by_ids(session: AsyncSession, tenant_id: str, ids: Sequence[str]):
+    if not ids:
+        return []
+    rows = await session.scalars(
+        select(SchedBooking).where(SchedBooking.tenant_id == tenant_id, SchedBooking.id.in_(ids))
+    )
+    return list(rows)
+
+
+async def list_bookings(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    start: datetime,
+    end: datetime,
+    states: Sequence[int],
+    person_id: str = "",
+    instructor_id: str = "",
+    learner_id: str = "",
+    class_id: str = "",
+    series_id: str = "",
+    subject: str = "",
+    unassigned_only: bool = False,
+    after: tuple[datetime, str] | None = None,
+    limit: int = 50,
+) -> list[SchedBooking]:
+    query = select(SchedBooking).where(
+        SchedBooking.tenant_id == tenant_id,
+        SchedBooking.start_time < end,
+        SchedBooking.end_time > start,
+        SchedBooking.state.in_(list(states)),
+    )
+    for who, role in ((person_id, None), (learner_id, 1)):
+        if who:
+            members = select(SchedBookingPerson.booking_id).where(
+                SchedBookingPerson.tenant_id == tenant_id,
+                SchedBookingPerson.person_id == who,
+                SchedBookingPerson.start_time < end,
+                SchedBookingPerson.end_time > start,
+            )
+            if role is not None:
+                members = members.where(SchedBookingPerson.role == role)
+            query = query.where(SchedBooking.id.in_(members))
+    if instructor_id:
+        query = query.where(SchedBooking.instructor_id == instructor_id)
+    if class_id:
+        query = query.where(SchedBooking.class_id == class_id)
+    if series_id:
+        query = query.where(SchedBooking.series_id == series_id)
+    if subject:
+        query = query.where(SchedBooking.subject == subject)
+    if unassigned_only:
+        query = query.where(SchedBooking.instructor_id == "")
+    if after is not None:
+        at, last = after
+        query = query.where(
+            or_(
+                SchedBooking.start_time > at,
+                and_(SchedBooking.start_time == at, SchedBooking.id > last),
+            )
+        )
+    rows = await session.scalars(
+        query.order_by(SchedBooking.start_time, SchedBooking.id).limit(limit)
+    )
+    return list(rows)
+
+
+async def list_series(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    state: int,
+    class_id: str,
+    instructor_id: str,
+    after: str,
+    limit: int,
+) -> list[SchedSeries]:
+    query = select(SchedSeries).where(SchedSeries.tenant_id == tenant_id)
+    if state:
+        query = query.where(SchedSeries.state == state)
+    if class_id:
+        query = query.where(SchedSeries.class_id == class_id)
+    if instructor_id:
+        query = query.where(SchedSeries.instructor_id == instructor_id)
+    if after:
+        query = query.where(SchedSeries.id > after)
+    rows = await session.scalars(query.order_by(SchedSeries.id).limit(limit))
+    return list(rows)
+
+
+async def person_series(session: AsyncSession, tenant_id: str, person_id: str):
+    """Series in which the person teaches or has an occurrence (for calendar feeds)."""
+    ids = select(SchedBooking.series_id).where(
+        SchedBooking.tenant_id == tenant_id,
+        SchedBooking.series_id.is_not(None),
+        SchedBooking.id.in_(
+            select(SchedBookingPerson.booking_id).where(
+                SchedBookingPerson.tenant_id == tenant_id,
+                SchedBookingPerson.person_id == person_id,
+            )
+        ),
+    )
+    rows = await session.scalars(
+        select(SchedSeries).where(
+            SchedSeries.tenant_id == tenant_id,
+            or_(SchedSeries.id.in_(ids), SchedSeries.instructor_id == person_id),
+        )
+    )
+    return list(rows)
+
+
+async def previous_instructors(
+    session: AsyncSession, tenant_id: str, learner_id: str, subject: str
+):
+    rows = await session.scalars(
+        select(SchedBooking.instructor_id)
+        .join(SchedBookingPerson, SchedBookingPerson.booking_id == SchedBooking.id)
+        .where(
+            SchedBookingPerson.tenant_id == tenant_id,
+            SchedBookingPerson.person_id == learner_id,
+            SchedBookingPerson.role == 1,
+            SchedBooking.subject == subject,
+            SchedBooking.instructor_id != "",
+        )
+        .distinct()
+    )
+    return list(rows)
+
+
+async def external_taken(session: AsyncSession, model, tenant_id: str, external_id: str) -> bool:
+    found = await session.scalar(
+        select(model.id).where(model.tenant_id == tenant_id, model.external_id == external_id)
+    )
+    return found is not None
