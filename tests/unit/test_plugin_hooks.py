@@ -368,7 +368,7 @@ class EveryKindPlugin:
 
     @hookimpl
     def classwire_register_matchers(self, register):
-        register("greedy", lambda ctx: GreedyMatcher())
+        register("test_greedy", lambda ctx: GreedyMatcher())
 
     @hookimpl
     def classwire_register_summarizers(self, register):
@@ -472,7 +472,7 @@ async def test_classwire_register_notification_channels(pm: PluginManager, tmp_p
 
 
 async def test_classwire_register_matchers(pm: PluginManager, tmp_path: Path) -> None:
-    matcher = create(pm, "matcher", "greedy", tmp_path)
+    matcher = create(pm, "matcher", "test_greedy", tmp_path)
     problem = sample_problem()
     check_plan(problem, await matcher.assign(problem))
 
@@ -529,7 +529,7 @@ def test_every_kind_has_a_registration_hook(pm: PluginManager) -> None:
         "media_backend": ["tiny_media"],
         "transcription_engine": ["counting"],
         "notification_channel": ["memory_mail"],
-        "matcher": ["greedy"],
+        "matcher": ["cpsat", "greedy", "test_greedy"],
         "summarizer": ["first_sentences"],
         "workflow": ["report_to_guardians"],
     }

@@ -55,7 +55,7 @@ class Config:
         return f"sqlite+aiosqlite:///{(self.data_dir / 'classwire.db').resolve()}"
 
 
-DEFAULT_PROVIDERS = {"blob_store": "localfs", "event_bus": "memory_bus"}
+DEFAULT_PROVIDERS = {"blob_store": "localfs", "event_bus": "memory_bus", "matcher": "cpsat"}
 
 
 def _host_port(key: str, value: str, allow_empty: bool = False) -> str:
