@@ -49,6 +49,12 @@ __all__ = [
     "MatchPlan",
     "MatchProblem",
     "Matcher",
+    "MatchCandidate",
+    "MatchStatus",
+    "ConstraintCheck",
+    "ScoreTerm",
+    "DEFAULT_MATCH_WEIGHTS",
+    "MATCH_TERMS",
     "MediaBackend",
     "MediaEvent",
     "MediaEventSink",
@@ -770,9 +776,31 @@ class TimeInterval:
         return self.start <= other.start and other.end <= self.end
 
 
+MATCH_TERMS = ("continuity", "language", "preference", "load_balance")
+"""The built-in soft terms, each valued in [0, 1] per (lesson, instructor) pair."""
+
+DEFAULT_MATCH_WEIGHTS: Mapping[str, float] = MappingProxyType(
+    {"continuity": 4.0, "language": 2.0, "preference": 2.0, "load_balance": 1.0, "unassigned": 10.0}
+)
+"""Weights used for a term that ``MatchProblem.weights`` leaves out. ``unassigned`` is the
+penalty per lesson left without an instructor; it exceeds the other weights' sum so that staffing
+one more lesson always beats a better score elsewhere. ``balance`` is accepted as an alias of
+``load_balance``."""
+
+
 @dataclass(frozen=True, slots=True)
 class LessonRequest:
-    """A lesson that needs an instructor."""
+    """A lesson that needs an instructor.
+
+    :ivar language: the language the lesson is taught in, ideally (BCP 47; ``en`` matches
+        ``en-GB``).
+    :ivar other_languages: further languages the learners understand (half the language value).
+    :ivar previous_instructor_id: the learners' instructor for this subject so far (continuity).
+    :ivar lesson_history: lessons each other instructor taught these learners in this subject;
+        a non-empty history earns half the continuity value.
+    :ivar preferred_instructor_ids: instructors the learners prefer (the preference term).
+    :ivar excluded_instructor_ids: instructors never to assign (a hard constraint).
+    """
 
     booking_id: str
     learner_ids: Sequence[str]
@@ -782,11 +810,25 @@ class LessonRequest:
     language: str = ""
     previous_instructor_id: str | None = None
     preferred_instructor_ids: Sequence[str] = ()
+    other_languages: Sequence[str] = ()
+    lesson_history: Mapping[str, int] = field(default_factory=dict)
+    excluded_instructor_ids: Sequence[str] = ()
+
+    @property
+    def minutes(self) -> int:
+        return int((self.interval.end - self.interval.start).total_seconds() // 60)
 
 
 @dataclass(frozen=True, slots=True)
 class InstructorCandidate:
-    """An instructor as the matcher sees them; ``busy`` are existing commitments."""
+    """An instructor as the matcher sees them; ``busy`` are existing commitments.
+
+    :ivar load_limit_minutes: most minutes of teaching in the problem's period (a week),
+        counting ``current_load_minutes``; None for no limit.
+    :ivar current_load_minutes: minutes already committed in that period.
+    :ivar load_target_minutes: the load the ``load_balance`` term aims at; None: the limit, or
+        else the available minutes.
+    """
 
     instructor_id: str
     qualifications: frozenset[tuple[str, str]]
@@ -796,54 +838,150 @@ class InstructorCandidate:
     languages: frozenset[str] = frozenset()
     load_limit_minutes: int | None = None
     current_load_minutes: int = 0
+    load_target_minutes: int | None = None
+
+    def qualifies(self, subject: str, level: str, level_order: Sequence[str] = ()) -> bool:
+        """Whether the instructor teaches ``subject`` at ``level``. With ``level_order``
+        (lowest first), a qualification at one level also covers every lower level."""
+        rank = {name: i for i, name in enumerate(level_order)}
+        for q_subject, q_level in self.qualifications:
+            if q_subject != subject:
+                continue
+            if q_level in ("", level):
+                return True
+            if level in rank and q_level in rank and rank[level] <= rank[q_level]:
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
 class MatchProblem:
     """Lessons to staff and the instructors to staff them with.
 
-    ``weights`` names soft terms (``continuity``, ``language``, ``preference``, ``balance``)
-    and their weights; a matcher ignores terms it does not know.
+    ``weights`` names soft terms (``continuity``, ``language``, ``preference``, ``load_balance``)
+    and the ``unassigned`` penalty; missing ones take :data:`DEFAULT_MATCH_WEIGHTS`, and a
+    matcher ignores terms it does not know.
+
+    :ivar level_order: level names, lowest first, when a higher qualification covers lower
+        levels (``("basic", "intermediate", "advanced")``); empty: levels match exactly.
+    :ivar max_alternatives: most ranked alternatives ``match`` returns.
     """
 
     lessons: Sequence[LessonRequest]
     instructors: Sequence[InstructorCandidate]
     weights: Mapping[str, float] = field(default_factory=dict)
     time_limit_seconds: float = 30.0
+    level_order: Sequence[str] = ()
+    max_alternatives: int = 5
+
+
+class MatchStatus(enum.StrEnum):
+    """How a bulk assignment ended."""
+
+    OPTIMAL = "optimal"
+    """Proven optimal: the objective equals the bound."""
+    FEASIBLE = "feasible"
+    """A plan that respects every hard constraint, not proven optimal."""
+    INFEASIBLE = "infeasible"
+    """No plan satisfies the hard constraints."""
+    UNKNOWN = "unknown"
+    """No plan found within the time limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConstraintCheck:
+    """A hard constraint checked for an instructor (``qualified``, ``not_excluded``,
+    ``available``, ``no_overlap``, ``within_load_limit``), with details for people."""
+
+    name: str
+    satisfied: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreTerm:
+    """A soft term of a candidate's score: its contribution is ``weight * value``."""
+
+    name: str
+    weight: float
+    value: float
+    detail: str = ""
+
+    @property
+    def contribution(self) -> float:
+        return self.weight * self.value
 
 
 @dataclass(frozen=True, slots=True)
 class MatchExplanation:
-    """Why an instructor got (or no one got) a lesson, for people to read."""
+    """Why an instructor got (or no one got) a lesson, for people to read.
+
+    ``constraints_met`` and ``score_terms`` (term -> contribution) are the short form;
+    ``constraints`` and ``terms`` carry the details (weights, values, what was checked), and
+    ``score`` is the sum of the contributions.
+    """
 
     constraints_met: Sequence[str] = ()
     score_terms: Mapping[str, float] = field(default_factory=dict)
     reason: str = ""
+    constraints: Sequence[ConstraintCheck] = ()
+    terms: Sequence[ScoreTerm] = ()
+    score: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class MatchCandidate:
+    """An instructor the matcher considered: ``rank`` is 1-based among eligible candidates and
+    0 for an ineligible one (whose explanation lists the failed constraints)."""
+
+    instructor_id: str
+    rank: int
+    explanation: MatchExplanation
 
 
 @dataclass(frozen=True, slots=True)
 class MatchAssignment:
+    """One lesson's outcome. ``alternatives`` (the next eligible instructors, best first) and
+    ``ineligible`` are filled by ``Matcher.match``; bulk plans may leave them empty."""
+
     booking_id: str
     instructor_id: str | None
     explanation: MatchExplanation
+    alternatives: Sequence[MatchCandidate] = ()
+    ineligible: Sequence[MatchCandidate] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class MatchPlan:
     """The answer for a whole problem: one assignment per lesson (``instructor_id`` None when
     no one qualifies), the objective (higher is better) and the best bound the matcher proved
-    (equal to the objective when optimal, None when it proves nothing)."""
+    (equal to the objective when optimal, None when it proves nothing).
+
+    The built-in matchers' objective is the sum of the assigned lessons' scores minus the
+    ``unassigned`` penalty per lesson left without an instructor.
+    """
 
     assignments: Sequence[MatchAssignment]
     objective: float
     bound: float | None = None
     optimal: bool = False
+    status: MatchStatus | None = None
+    """None when the matcher does not say; then ``optimal`` tells."""
+    solve_seconds: float = 0.0
+
+    @property
+    def gap(self) -> float | None:
+        """Relative gap ``(bound - objective) / max(1, |bound|)``; None without a bound."""
+        if self.bound is None:
+            return None
+        return max(0.0, self.bound - self.objective) / max(1.0, abs(self.bound))
 
 
 class Matcher(Provider):
     """Assigns instructors to lessons. Hard constraints are never broken: qualification,
-    availability (the lesson lies inside an available interval), no overlap with ``busy`` or
-    with other assignments, and load limits."""
+    exclusions, availability (the lesson lies inside an available interval), no overlap with
+    ``busy`` or with other assignments, and load limits. A lesson no one can take is reported
+    unassigned with a reason; it never fails the whole plan."""
 
     @abc.abstractmethod
     async def match(self, lesson: LessonRequest, problem: MatchProblem) -> MatchAssignment:
