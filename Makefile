@@ -28,7 +28,7 @@ run: $(VENV)/.installed node_modules/.installed
 
 # The whole suite on SQLite; again on PostgreSQL when CLASSWIRE_TEST_POSTGRES_URL is set.
 test: bootstrap
-	$(PY) -m pytest -q
+	env -u CLASSWIRE_TEST_POSTGRES_URL $(PY) -m pytest -q
 	@if [ -n "$$CLASSWIRE_TEST_POSTGRES_URL" ]; then \
 		echo "== again on PostgreSQL"; \
 		$(PY) -m pytest -q tests/integration tests/e2e tests/contract; \

@@ -445,7 +445,7 @@ async def test_join_token_validation(server):
     await expect_error(
         token_for(server, "ses_missing"), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"
     )
-    # Guardianship comes from the roster, which has none to match yet.
+    # "parent" is no person of the roster, so no guardianship can match.
     await expect_error(
         token_for(
             server,

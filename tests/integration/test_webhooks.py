@@ -68,6 +68,21 @@ class Receiver:
         raise AssertionError(f"{len(self.requests)} of {count} requests arrived")
 
 
+@pytest.fixture(scope="module")
+async def server(tmp_path_factory):
+    """A server of this module's own: endpoints other tests register (to hosts this offline
+    machine cannot resolve) would otherwise share the dispatcher's slots with these tests."""
+    from tests.conftest import create_database, make_config, start_server
+
+    tmp = tmp_path_factory.mktemp("webhooks")
+    url, drop = await create_database(tmp)
+    running = await start_server(make_config(tmp, url))
+    yield running
+    await running.server.stop(grace=1)
+    if drop:
+        await drop()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def fast_dispatcher(server):
     """Short intervals so retries happen within the test."""

@@ -22,6 +22,7 @@ from ..domain.sessions import (
     SessionInput,
     SessionSettings,
     SessionView,
+    guardian_of,
 )
 from ..domain.sessions import ParticipantView as ParticipantView
 from . import classroom as classroom_conv
@@ -209,6 +210,7 @@ def participant_to_proto(view: ParticipantView) -> pb.Participant:
         permission_overrides=overrides_to_proto(
             PermissionOverrides.from_json(p.permission_overrides or {})
         ),
+        guardian_of_identities=guardian_of(p),
         leave_reason=p.leave_reason,
         reconnect_count=p.reconnect_count,
         metadata=dict(p.labels or {}),

@@ -201,6 +201,21 @@ class Batch:
     hands: dict[int, HandQueue] = field(default_factory=dict)
     # event sequence -> (moderators' results, everyone else's or None when hidden from them)
     polls: dict[int, tuple[PollResults, PollResults | None]] = field(default_factory=dict)
+    # Built on first use: only guardians read them, and most rooms have none.
+    outsider_view: dict[int, event_pb2.Event] = field(default_factory=dict)
+
+    def outsider(self, envelope: event_pb2.Event) -> event_pb2.Event:
+        """A learner's poll answer as an outsider to the class (a guardian of someone else)
+        sees it: that somebody answered, not who nor what."""
+        shown = self.outsider_view.get(envelope.sequence)
+        if shown is None:
+            shown = _copy(envelope)
+            answer = shown.session.poll_answered
+            for name in ("participant_id", "identity", "option_ids"):
+                answer.ClearField(name)
+            if self is not EMPTY_BATCH:
+                self.outsider_view[envelope.sequence] = shown
+        return shown
 
 
 EMPTY_BATCH = Batch()
@@ -219,6 +234,8 @@ class Connection:
         self.room = p.room_session_id or p.session_id
         self.role = p.role
         self.permissions = set(s.effective_permissions(p, result.session.settings))
+        # For a guardian: the identities of its learners, whose own activity it may see.
+        self.wards = frozenset(s.guardian_of(p))
         self.waiting = result.waiting
         self.epoch = result.epoch
         self.cursor = result.cursor  # the tenant sequence of the last event considered
@@ -257,6 +274,14 @@ class Connection:
                 if me not in (payload.recipient_participant_id, payload.sender_participant_id):
                     return None
         elif name in ("PollCreated", "PollAnswered") and not self.moderator:
+            if (
+                name == "PollAnswered"
+                and self.role == s.GUARDIAN
+                and payload.identity
+                and payload.identity not in self.wards
+            ):
+                # Another learner's answer is private to that learner and the class.
+                return batch.outsider(envelope)
             # Correct options, and the choices of polls whose results are not public live,
             # are for moderators only.
             envelope = batch.learner_view.get(envelope.sequence, envelope)
@@ -711,6 +736,7 @@ class Presence:
         probe.permissions = set(
             s.effective_permissions(p, s.SessionSettings.from_json(row.settings))
         )
+        probe.wards = frozenset(s.guardian_of(p))
         probe.waiting = p.state == s.WAITING
         probe.cursor = probe.joined_at = after // 4
         probe.closed = False

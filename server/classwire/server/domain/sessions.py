@@ -18,10 +18,12 @@ from datetime import UTC, datetime, timedelta
 
 from classwire.api.common.v1 import common_pb2
 from classwire.api.events.v1 import session_events_pb2 as ev
+from classwire.api.roster.v1 import resources_pb2 as roster_pb
 
 from ..events.outbox import UnitOfWorkFactory, system_actor
 from ..store import events as event_store
 from ..store import repositories as repo
+from ..store import roster_repositories as roster_repo
 from ..store.engine import Database
 from ..store.models import (
     AttendanceInterval,
@@ -30,6 +32,7 @@ from ..store.models import (
     SessionInstructor,
     SessionParticipant,
 )
+from ..store.roster_models import RosterPerson
 from ..store.types import utcnow
 from . import paging, tokens
 from .auth import ParticipantClaims, Principal
@@ -56,6 +59,7 @@ MAX_SESSION_METADATA = 32
 MAX_TOKEN_METADATA = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 256
+MAX_WARDS = 20
 
 DEFAULT_JOIN_WINDOW = timedelta(minutes=10)
 DEFAULT_EMPTY_ROOM_TIMEOUT = timedelta(minutes=5)
@@ -306,10 +310,18 @@ class JoinTokenInput:
             problems.add("ttl", "must be positive and at most 24 hours")
         self.permission_overrides.validate(problems, "permission_overrides")
         if self.role == GUARDIAN:
-            if not self.guardian_of_identities:
+            wards = self.guardian_of_identities
+            if not wards:
                 problems.add("guardian_of_identities", "is required for guardians")
-            for i, identity in enumerate(self.guardian_of_identities):
-                _identity(problems, f"guardian_of_identities[{i}]", identity)
+            elif len(wards) > MAX_WARDS:
+                problems.add("guardian_of_identities", f"at most {MAX_WARDS} identities")
+            for i, identity in enumerate(wards):
+                path = f"guardian_of_identities[{i}]"
+                _identity(problems, path, identity)
+                if identity and identity == self.identity:
+                    problems.add(path, "a guardian cannot observe itself")
+                elif identity in wards[:i]:
+                    problems.add(path, "appears more than once")
         elif self.guardian_of_identities:
             problems.add("guardian_of_identities", "is only for PARTICIPANT_ROLE_GUARDIAN")
         _metadata(problems, "metadata", self.metadata, MAX_TOKEN_METADATA)
@@ -506,13 +518,10 @@ class SessionsDomain:
             if row is None:
                 raise _session_not_found(data.session_id)
             refuse_closed(row)
+            overrides = data.permission_overrides.to_json()
             if data.role == GUARDIAN:
-                # Guardianship lives in the roster, which has no wards yet in this release, so no
-                # guardian can be matched to a learner: refused as the contract says, not guessed.
-                raise FailedPrecondition(
-                    "no guardianship links the guardian to these learners",
-                    reason="GUARDIANSHIP_NOT_FOUND",
-                )
+                await self._check_guardianship(uow.session, row, data)
+                overrides[GUARDIAN_OF] = list(data.guardian_of_identities)
             tenant = await repo.get_tenant(uow.session, principal.tenant_id)
             tenant_settings = (
                 TenantSettings.from_json(tenant.settings) if tenant else TenantSettings()
@@ -539,6 +548,12 @@ class SessionsDomain:
                 role=data.role,
                 create_time=now,
             )
+            if data.role == GUARDIAN and participant.state not in PRESENT:
+                # Shown by GetParticipant before the first join; a connected guardian keeps the
+                # wards of the token it joined with until it joins again.
+                participant.permission_overrides = _with_wards(
+                    participant.permission_overrides, data.guardian_of_identities
+                )
             claims = ParticipantClaims(
                 session_id=row.id,
                 participant_id=participant.id,
@@ -546,7 +561,8 @@ class SessionsDomain:
                 role=data.role,
                 display_name=data.display_name.strip(),
                 token_id=str(uuid.uuid4()),
-                permissions=data.permission_overrides.to_json(),
+                # The wards travel in the signed token, so a connection needs no roster lookup.
+                permissions=overrides,
             )
             minted = tokens.mint(
                 issuer=self.issuer,
@@ -566,7 +582,7 @@ class SessionsDomain:
                     signing_key_id=key.id,
                     role=data.role,
                     display_name=claims.display_name,
-                    permission_overrides=data.permission_overrides.to_json(),
+                    permission_overrides=overrides,
                     labels=dict(data.metadata),
                     create_time=now,
                     expire_time=minted.expire_time,
@@ -586,6 +602,63 @@ class SessionsDomain:
         return await run_idempotent(
             lambda: self.uow(principal.tenant_id, actor_of(principal)), idempotency, body
         )
+
+    async def _check_guardianship(self, session, row: LiveSession, data: JoinTokenInput) -> None:
+        """The guardian's identity names an active roster person linked as guardian to each
+        learner identity, and each learner belongs to this session: enrolled (active, as a
+        learner) in the session's class when it names one, or already a participant of it.
+        Otherwise FAILED_PRECONDITION GUARDIANSHIP_NOT_FOUND naming the identity that failed.
+
+        An identity is the embedding product's user id; in the roster that is the person's
+        `external_id` (the system of record's id) or, for products that use the roster's own
+        ids, the person's `id`. The id wins when both could match, as it is server-chosen."""
+        tenant_id = row.tenant_id
+        now = utcnow()
+
+        def refused(identity: str, why: str, learner: str = "") -> FailedPrecondition:
+            metadata = {"guardian_identity": data.identity}
+            if learner:
+                metadata["learner_identity"] = learner
+            return FailedPrecondition(
+                f"{identity!r} {why}", reason="GUARDIANSHIP_NOT_FOUND", metadata=metadata
+            )
+
+        guardian = await _roster_person(session, tenant_id, data.identity)
+        if guardian is None:
+            raise refused(data.identity, "is not an active person of the roster")
+        main_id = _main_id(row)
+        class_id = row.class_id
+        if not class_id and row.parent_session_id:
+            parent = await repo.get_live_session(session, tenant_id, row.parent_session_id)
+            class_id = parent.class_id if parent else ""
+        for identity in data.guardian_of_identities:
+            learner = await _roster_person(session, tenant_id, identity)
+            link = (
+                None
+                if learner is None
+                else await roster_repo.guardian_link(session, tenant_id, learner.id, guardian.id)
+            )
+            if link is None:
+                raise refused(identity, "is not a ward of the guardian in the roster", identity)
+            if class_id:
+                enrollment = await roster_repo.active_enrollment_of(
+                    session,
+                    tenant_id,
+                    learner.id,
+                    class_id,
+                    roster_pb.ENROLLMENT_ROLE_LEARNER,
+                    roster_pb.ENROLLMENT_STATE_ACTIVE,
+                )
+                # An end time already passed counts as ended before its timer fires.
+                if enrollment is not None and (
+                    enrollment.end_time is None or enrollment.end_time > now
+                ):
+                    continue
+            ward = await session.scalar(
+                repo.participants(tenant_id, main_id).where(SessionParticipant.identity == identity)
+            )
+            if ward is None or ward.removed or ward.role in (GUARDIAN, OBSERVER):
+                raise refused(identity, "is not a learner of this session", identity)
 
     async def revoke_join_token(self, principal: Principal, session_id: str, token_id: str) -> None:
         principal.require("session:write")
@@ -1090,6 +1163,10 @@ class SessionsDomain:
                 p.display_name = claims.display_name or p.display_name
                 if claims.permissions.get("grant") or claims.permissions.get("revoke"):
                     p.permission_overrides = dict(claims.permissions)
+                if p.role == GUARDIAN:
+                    p.permission_overrides = _with_wards(
+                        p.permission_overrides, claims.permissions.get(GUARDIAN_OF, ())
+                    )
                 host = p.role in HOSTS
                 await uow.session.flush()
                 if not host and row.capacity:
@@ -1520,7 +1597,9 @@ class SessionsDomain:
                     occur_time=now,
                 )
             if "permission_overrides" in paths:
-                p.permission_overrides = (overrides or PermissionOverrides()).to_json()
+                p.permission_overrides = _with_wards(
+                    (overrides or PermissionOverrides()).to_json(), guardian_of(p)
+                )
                 uow.emit(
                     ev.ParticipantPermissionsChanged(
                         participant_id=p.id,
@@ -1677,10 +1756,39 @@ ROLE_DEFAULTS: dict[int, frozenset[int]] = {
     INSTRUCTOR: PERMISSIONS,
     CO_INSTRUCTOR: PERMISSIONS - {END_SESSION},
     LEARNER: _LEARNER_DEFAULTS,
-    # Observers and guardians watch: they may react, nothing that reaches the room's content.
+    # Observers watch: they may react, nothing that reaches the room's content. Guardians are
+    # outsiders to the class and observe only: not even a reaction shows them to the room.
     OBSERVER: frozenset({ev.PARTICIPANT_PERMISSION_REACT}),
-    GUARDIAN: frozenset({ev.PARTICIPANT_PERMISSION_REACT}),
+    GUARDIAN: frozenset(),
 }
+
+# The wards of a guardian participant, kept next to its own overrides (grant/revoke, which every
+# reader of that JSON picks by key) until participants have a column of their own for them.
+GUARDIAN_OF = "guardian_of"
+
+
+def guardian_of(p: SessionParticipant) -> tuple[str, ...]:
+    """The identities of the learners a guardian participant observes (empty for others)."""
+    if p.role != GUARDIAN:
+        return ()
+    return tuple((p.permission_overrides or {}).get(GUARDIAN_OF, ()))
+
+
+def _with_wards(overrides: dict | None, wards) -> dict | None:
+    data = {k: v for k, v in (overrides or {}).items() if k != GUARDIAN_OF}
+    if wards:
+        data[GUARDIAN_OF] = list(wards)
+    return data or None
+
+
+async def _roster_person(session, tenant_id: str, identity: str) -> RosterPerson | None:
+    """The active roster person an identity names (see _check_guardianship)."""
+    person = await roster_repo.get(session, RosterPerson, tenant_id, identity)
+    if person is None:
+        person = await roster_repo.by_external_id(session, RosterPerson, tenant_id, identity)
+    if person is None or person.delete_time is not None:
+        return None
+    return person if person.state == roster_pb.RECORD_STATE_ACTIVE else None
 
 
 def _role_permissions(role: int, settings: SessionSettings) -> set[int]:

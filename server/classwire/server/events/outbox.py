@@ -111,6 +111,13 @@ class _Scope:
     async def __aenter__(self) -> UnitOfWork:
         self.session = self.factory.db.writer()
         await self.session.begin()
+        if self.tenant_id and not self.factory.db.is_sqlite:
+            # Every unit of work that may emit events ends by locking the tenant's event
+            # counter. Taking that lock first instead gives all writers of a tenant one lock
+            # order, so a writer holding the counter never waits on a row another writer holds
+            # while that one waits for the counter (a deadlock on PostgreSQL). SQLite's single
+            # writer needs nothing of the kind.
+            await event_store.lock_counter(self.session, self.tenant_id)
         self.uow = UnitOfWork(self.session, self.tenant_id, self.actor)
         return self.uow
 

@@ -34,6 +34,15 @@ async def next_sequence(session: AsyncSession, tenant_id: str, stream: str) -> i
     return await next_sequence(session, tenant_id, stream)
 
 
+async def lock_counter(session: AsyncSession, tenant_id: str) -> None:
+    """Locks the tenant's counter row until commit, when it exists."""
+    await session.execute(
+        select(EventCounter.last_sequence)
+        .where(EventCounter.tenant_id == tenant_id, EventCounter.stream == TENANT_STREAM)
+        .with_for_update()
+    )
+
+
 async def next_sequences(session: AsyncSession, tenant_id: str, stream: str, count: int) -> int:
     """Reserves `count` consecutive sequences of a stream in one step; returns the first."""
     first = await next_sequence(session, tenant_id, stream)
