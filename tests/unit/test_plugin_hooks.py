@@ -528,7 +528,7 @@ def test_every_kind_has_a_registration_hook(pm: PluginManager) -> None:
         "event_bus": ["memory_bus", "postgres_bus"],
         "media_backend": ["tiny_media"],
         "transcription_engine": ["counting"],
-        "notification_channel": ["memory_mail"],
+        "notification_channel": ["http_notify", "memory_mail", "smtp"],
         "matcher": ["cpsat", "greedy", "test_greedy"],
         "summarizer": ["first_sentences"],
         "workflow": ["report_to_guardians"],

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from grpc import aio
@@ -40,8 +41,10 @@ from .events.outbox import UnitOfWorkFactory
 from .events.timers import Timers
 from .events.wakeups import Wakeups
 from .events.webhooks import WebhookDispatcher
+from .events.workflow_runner import start_notifications
 from .handlers.classroom import classroom_methods
 from .handlers.data import data_servicer
+from .handlers.notifications import notification_methods
 from .handlers.platform import PlatformHandler
 from .handlers.roster import roster_servicer
 from .handlers.scheduling import scheduling_servicer
@@ -89,6 +92,10 @@ class Platform:
     classroom: Classroom
     timers: Timers
     webhooks: WebhookDispatcher | None = None
+    # Built by start_notifications (events/workflow_runner.py) when the server starts.
+    notifications: Any = None
+    workflows: Any = None
+    workflow_runner: Any = None
     providers: dict = field(default_factory=dict)
     # Background tasks (timers, dispatchers) started by the areas; cancelled at close.
     tasks: list = field(default_factory=list)
@@ -147,6 +154,8 @@ class Platform:
 
     def start_background(self) -> None:
         """Starts the durable timer runner; areas register their timer kinds before this."""
+        # Notifications register their timer kind before the runner starts firing.
+        start_notifications(self)
         self.tasks.append(self.timers.start())
         self.tasks.append(self.webhooks.start())
         self.tasks.append(asyncio.create_task(METER.run(self.db), name="usage-meter"))
@@ -225,7 +234,9 @@ class Server:
         session_grpc.add_SessionServiceServicer_to_server(
             session_servicer(p.sessions, p.event_log, classroom_methods(p)), self.server
         )
-        data_grpc.add_DataServiceServicer_to_server(data_servicer(p.event_log), self.server)
+        data_grpc.add_DataServiceServicer_to_server(
+            data_servicer(p.event_log, extra=notification_methods(p)), self.server
+        )
         roster_grpc.add_RosterServiceServicer_to_server(roster_servicer(p), self.server)
         scheduling_grpc.add_SchedulingServiceServicer_to_server(scheduling_servicer(p), self.server)
         for api_module, grpc_module, name in PENDING_SERVICES:

@@ -99,7 +99,13 @@ class DataHandler:
         )
 
 
-def data_servicer(event_log: EventLog, ingest_domain: ingest.IngestDomain | None = None) -> object:
+def data_servicer(
+    event_log: EventLog,
+    ingest_domain: ingest.IngestDomain | None = None,
+    extra: dict | None = None,
+) -> object:
+    """The DataService servicer: the event log and ingestion here, plus `extra` methods by RPC
+    name (notifications and workflows from handlers/notifications.py)."""
     if ingest_domain is None:
         # The event log holds the database; the unit-of-work factory shares its wakeups.
         from ..events.outbox import UnitOfWorkFactory
@@ -111,5 +117,5 @@ def data_servicer(event_log: EventLog, ingest_domain: ingest.IngestDomain | None
     return unimplemented_servicer(
         service_pb2_grpc.DataServiceServicer,
         SERVICE,
-        implemented=delegates(handler, DataHandler.IMPLEMENTED),
+        implemented={**delegates(handler, DataHandler.IMPLEMENTED), **(extra or {})},
     )

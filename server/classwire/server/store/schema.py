@@ -4,6 +4,13 @@ Migrations and the schema check compare against this, so a model module missing 
 model missing from both.
 """
 
-from . import classroom_models, data_models, models, roster_models, scheduling_models  # noqa: F401
+from . import (  # noqa: F401
+    classroom_models,
+    data_models,
+    models,
+    notification_models,
+    roster_models,
+    scheduling_models,
+)
 
 Base = models.Base
