@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from dataclasses import dataclass, field
 from typing import Any
@@ -262,6 +263,10 @@ class Server:
         await self.server.start()
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # Start-up objects (protos, models, plugins) never die: moving them out of the cyclic
+        # collector's reach removes its 50-80 ms full-collection pauses from request latency.
+        gc.collect()
+        gc.freeze()
         log.info(
             "serving",
             listen=c.listen,

@@ -308,7 +308,14 @@ def candidate_to_proto(c: d.Candidate) -> pb.Candidate:
     return out
 
 
-def slot_to_proto(s: d.SlotView) -> pb.Slot:
+def slots_to_proto(slots) -> list[pb.Slot]:
+    """Slots whose candidates share explanations: each instructor's explanation is built once
+    (it does not depend on the slot) and copied."""
+    memo: dict[str, pb.MatchExplanation] = {}
+    return [slot_to_proto(s, memo) for s in slots]
+
+
+def slot_to_proto(s: d.SlotView, memo: dict | None = None) -> pb.Slot:
     from ..domain.scheduling_time import zone
 
     local = s.start.astimezone(zone(s.time_zone))
@@ -322,5 +329,14 @@ def slot_to_proto(s: d.SlotView) -> pb.Slot:
     )
     out.local_start.hours, out.local_start.minutes = local.hour, local.minute
     out.utc_offset.FromTimedelta(local.utcoffset())
-    out.candidates.extend(candidate_to_proto(c) for c in s.candidates)
+    if memo is None:
+        out.candidates.extend(candidate_to_proto(c) for c in s.candidates)
+        return out
+    for c in s.candidates:
+        explained = memo.get(c.instructor_id)
+        if explained is None:
+            explained = memo[c.instructor_id] = candidate_to_proto(c).explanation
+        out.candidates.add(instructor_id=c.instructor_id, rank=c.rank).explanation.CopyFrom(
+            explained
+        )
     return out

@@ -10,8 +10,7 @@ fields inherit the tenant's defaults by presence.
 
 from __future__ import annotations
 
-import bisect
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -42,6 +41,7 @@ from .idempotency import IdempotencyKey, run_idempotent
 from .ids import new_id
 from .platform import actor_of
 from .roster import qualification_pairs
+from .scheduling_provision import ProvisioningMixin
 from .scheduling_time import (
     Interval,
     RuleError,
@@ -55,7 +55,6 @@ from .scheduling_time import (
     merge,
     parse_rule,
     subtract,
-    zone,
 )
 
 READ = "scheduling:read"
@@ -422,7 +421,7 @@ def score_candidate(
 # The domain -------------------------------------------------------------------------------------
 
 
-class SchedulingDomain:
+class SchedulingDomain(ProvisioningMixin):
     def __init__(
         self,
         db: Database,
@@ -928,6 +927,7 @@ class SchedulingDomain:
             await session.flush()
             await srepo.set_participants(session, row)
             self._emit_created(uow, row)
+            await self.schedule_booking_timers(uow, row)
             return row
 
         return await run_idempotent(lambda: self._scope(principal), key, body)
@@ -1218,11 +1218,13 @@ class SchedulingDomain:
                     "outcome": outcome,
                 },
             ]
+            await self.cancel_booking_timers(uow, row, previous[0])
             row.start_time, row.end_time = new_start, end
             row.version += 1
             row.update_time = now
             await session.flush()
             await srepo.set_participants(session, row)
+            await self.schedule_booking_timers(uow, row)
             outcome_name = pb.CutoffOutcome.Name(outcome)
             if row.series_id:
                 moved = ev.OccurrenceMoved(
@@ -1282,6 +1284,7 @@ class SchedulingDomain:
                 "CANCELLATION_CUTOFF_PASSED",
             )
             self._mark_cancelled(row, reason, initiator, outcome)
+            await self.cancel_booking_timers(uow, row, row.start_time)
             await session.flush()
             await srepo.set_participants(session, row)
             if self.sessions is not None and row.session_id:
@@ -1585,6 +1588,7 @@ class SchedulingDomain:
         conflicts: list[Conflict] = []
         booked = 0
         length = timedelta(seconds=series.duration_seconds)
+        timer_settings = await self._settings(session, series.tenant_id)
         for start in starts:
             if skip and start in skip:
                 continue
@@ -1657,6 +1661,7 @@ class SchedulingDomain:
             await session.flush()
             await srepo.set_participants(session, row)
             self._emit_created(uow, row)
+            await self.schedule_booking_timers(uow, row, timer_settings)
             booked += 1
         return conflicts, booked
 
@@ -1889,6 +1894,21 @@ class SchedulingDomain:
             uow.emit(cancelled)
             return series, outcome
 
+    # Provisioning ---------------------------------------------------------------------------
+
+    async def provision(self, principal: Principal, ref: BookingRef) -> SchedBooking:
+        """Provisions the booking's live session now (idempotent: once provisioned, the
+        booking comes back unchanged)."""
+        principal.require(WRITE)
+        async with self._scope(principal) as uow:
+            row = await self._resolve(uow.session, principal.tenant_id, ref, lock=True)
+            if row.state == CANCELLED:
+                raise FailedPrecondition("the booking is cancelled", reason="BOOKING_CANCELLED")
+            if row.state == COMPLETED:
+                raise FailedPrecondition("the booking is completed", reason="BOOKING_COMPLETED")
+            await self.provision_in(uow, row)
+            return row
+
     # Slot search ---------------------------------------------------------------------------
 
     async def find_slots(
@@ -1923,30 +1943,30 @@ class SchedulingDomain:
                     for item in learner_profile.get("levels", []):
                         if item.get("subject", "").lower() == q.subject.lower():
                             level = item.get("level", "")
-            subject = q.subject.strip().lower()
-            ids = await srepo.qualified_ids(session, tenant, subject, level)
             if q.instructor_ids:
                 wanted = set(q.instructor_ids)
                 named = await srepo.people(session, tenant, list(wanted))
                 if len(named) != len(wanted):
                     missing = sorted(wanted - {p.id for p in named})[0]
                     raise _not_found("person", "PERSON_NOT_FOUND", missing)
-                ids = [i for i in ids if i in wanted]
             excluded = set(q.excluded_instructor_ids) | set(
                 learner_profile.get("excluded_instructor_ids", [])
             )
-            ids = [i for i in ids if i not in excluded]
-            people = [
-                p
-                for p in await srepo.people(session, tenant, ids)
-                if p.state == ACTIVE and INSTRUCTOR in list(p.roles)
+            instructors = [
+                i
+                for i in await slot_instructors(
+                    session, tenant, q.subject.strip().lower(), level, q.instructor_ids
+                )
+                if i.id not in excluded
             ]
-            ids = [p.id for p in people]
+            # Nobody without availability in the window needs their bookings read.
+            instructors = [i for i in instructors if i.schedule.open_intervals(q.window)]
             settings = await self._settings(session, tenant)
-            avail = {a.person_id: a for a in await srepo.availabilities(session, tenant, ids)}
             # Limits look at whole local weeks around the window.
             span = Interval(q.window.start - timedelta(days=8), q.window.end + timedelta(days=8))
-            busy_rows = await srepo.busy(session, tenant, ids, span.start, span.end)
+            busy_rows = await srepo.busy_times(
+                session, tenant, [i.id for i in instructors], span.start, span.end
+            )
             learner_busy = (
                 await srepo.busy(session, tenant, [q.learner_id], q.window.start, q.window.end)
                 if q.learner_id
@@ -1957,9 +1977,9 @@ class SchedulingDomain:
                 previous = set(
                     await srepo.previous_instructors(session, tenant, q.learner_id, q.subject)
                 )
+        max_candidates = min(q.max_candidates or 5, 50)
         slots = compute_slots(
-            people=people,
-            avail=avail,
+            instructors=instructors,
             settings=settings,
             busy_rows=busy_rows,
             learner_busy=[Interval(b.start_time, b.end_time) for b in learner_busy],
@@ -1973,9 +1993,9 @@ class SchedulingDomain:
                 **(settings.get("matching", {}).get("weights") or {}),
                 **(q.weights or {}),
             },
+            max_candidates=max_candidates,
         )
         max_slots = min(q.max_slots or 200, 2000)
-        max_candidates = min(q.max_candidates or 5, 50)
         out = [
             SlotView(start, start + q.duration, tz_name, tuple(cands[:max_candidates]))
             for start, cands in slots[:max_slots]
@@ -2020,10 +2040,70 @@ class SchedulingDomain:
         )
 
 
+@dataclass(frozen=True)
+class SlotInstructor:
+    """What slot search needs of one instructor: their schedule, own booking policy (the
+    tenant's defaults fill its gaps) and instructor profile."""
+
+    id: str
+    schedule: Schedule
+    policy: dict
+    profile: dict
+
+
+# (person id, availability version, zones) -> Schedule, so weekly rules are parsed and their
+# days expanded once per version, not on every search. Versions only grow, so an entry is never
+# stale; bounded so a large tenant cannot grow it without limit.
+_SCHEDULES: OrderedDict[tuple, Schedule] = OrderedDict()
+_SCHEDULES_MAX = 20_000
+
+
+def _cached_schedule(key: tuple) -> Schedule | None:
+    found = _SCHEDULES.get(key)
+    if found is not None:
+        _SCHEDULES.move_to_end(key)
+    return found
+
+
+def _remember_schedule(key: tuple, schedule: Schedule) -> None:
+    _SCHEDULES[key] = schedule
+    while len(_SCHEDULES) > _SCHEDULES_MAX:
+        _SCHEDULES.popitem(last=False)
+
+
+async def slot_instructors(
+    session, tenant: str, subject: str, level: str, only: Sequence[str] = ()
+) -> list[SlotInstructor]:
+    """Active, qualified instructors with an availability: one query for all of them, and one
+    more for the weekly rules of schedules not cached at their current version."""
+    rows = await srepo.slot_instructors(
+        session, tenant, subject, level, 1 << INSTRUCTOR, ACTIVE, only
+    )
+    schedules: dict[str, Schedule] = {}
+    missing = []
+    for r in rows:
+        found = _cached_schedule((r.id, r.version, r.availability_zone, r.time_zone))
+        if found is None:
+            missing.append(r.id)
+        else:
+            schedules[r.id] = found
+    if missing:
+        zones = {r.id: r.time_zone for r in rows}
+        for a in await srepo.availabilities(session, tenant, missing):
+            person_zone = zones[a.person_id]
+            schedule = schedule_of(a, person_zone)
+            _remember_schedule((a.person_id, a.version, a.time_zone, person_zone), schedule)
+            schedules[a.person_id] = schedule
+    return [
+        SlotInstructor(r.id, schedules[r.id], r.booking_policy or {}, r.instructor_profile or {})
+        for r in rows
+        if r.id in schedules
+    ]
+
+
 def compute_slots(
     *,
-    people,
-    avail,
+    instructors: Sequence[SlotInstructor],
     settings,
     busy_rows,
     learner_busy,
@@ -2033,61 +2113,33 @@ def compute_slots(
     learner_profile: dict,
     previous: set[str],
     weights: dict,
+    max_candidates: int | None = None,
 ) -> list[tuple[datetime, list[Candidate]]]:
-    """Open slot starts in `window`, each with its ranked instructor candidates."""
+    """Open slot starts in `window`, each with its ranked instructor candidates (the best
+    `max_candidates`, or all).
+
+    Each instructor's allowed lesson starts are computed as intervals (availability minus
+    notice, booking window, bookings with buffers, the learner's bookings and full days or
+    weeks), and only then stepped through; instructors are visited best score first, so a
+    slot's candidates arrive already ranked and the rest are skipped."""
     by_person: dict[str, list] = defaultdict(list)
     for b in busy_rows:
-        if b.role == 2:
+        if getattr(b, "role", 2) == 2:
             by_person[b.person_id].append(b)
-    learner_busy = merge(learner_busy)
-    learner_starts = [i.start for i in learner_busy]
-    found: dict[datetime, list[Candidate]] = defaultdict(list)
-    for person in people:
-        row = avail.get(person.id)
-        if row is None:
-            continue
-        schedule = schedule_of(row, person.time_zone)
-        policy = effective_policy(settings, row.booking_policy)
-        before = seconds(policy.get("buffer_before")) or timedelta(0)
-        after = seconds(policy.get("buffer_after")) or timedelta(0)
-        step = seconds(policy.get("slot_interval")) or DEFAULT_SLOT_INTERVAL
-        earliest = now + (seconds(policy.get("minimum_notice")) or timedelta(0))
-        horizon = seconds(policy.get("booking_window"))
-        latest = now + horizon if horizon is not None else None
-        rows = by_person.get(person.id, [])
-        blocked = _blocked_starts(rows, duration, before, after)
-        blocked_starts = [i.start for i in blocked]
-        profile = person.instructor_profile or {}
-        daily = policy.get("daily_limit") or {}
-        weekly = policy.get("weekly_limit") or {}
-        limits = (
-            (
-                "day",
-                int(daily.get("max_bookings", 0)),
-                seconds(daily.get("max_booked_time")),
-                seconds(profile.get("daily_load_limit")),
-            ),
-            (
-                "week",
-                int(weekly.get("max_bookings", 0)),
-                seconds(weekly.get("max_booked_time")),
-                seconds(profile.get("weekly_load_limit")),
-            ),
-        )
-        loads: dict[tuple[str, datetime], tuple[int, timedelta]] = {}
-        for r in rows:
-            for kind, bounds in (
-                ("day", local_day_bounds(r.start_time, schedule.time_zone)),
-                ("week", local_week_bounds(r.start_time, schedule.time_zone)),
-            ):
-                count, total = loads.get((kind, bounds.start), (0, timedelta(0)))
-                loads[(kind, bounds.start)] = (count + 1, total + (r.end_time - r.start_time))
+    learner_blocked = _blocked_starts(
+        [_Span(i.start, i.end) for i in learner_busy], duration, timedelta(0), timedelta(0)
+    )
+    one = timedelta(microseconds=1)
+    scored = []
+    for inst in instructors:
+        rows = by_person.get(inst.id, [])
+        profile = inst.profile
         week_load = (
             sum((r.end_time - r.start_time for r in rows), timedelta(0)).total_seconds() / 60
         )
         target = seconds(profile.get("weekly_load_target"))
         score, terms = score_candidate(
-            person.id,
+            inst.id,
             profile,
             learner_profile,
             previous,
@@ -2095,46 +2147,123 @@ def compute_slots(
             target.total_seconds() / 60 if target else 0.0,
             weights,
         )
-        tz = zone(schedule.time_zone)
-        for piece in schedule.open_intervals(window):
-            # Slot starts are aligned on the step from the local start of the window.
-            start = piece.start
-            while start + duration <= piece.end:
-                if start < earliest or (latest is not None and start > latest):
+        scored.append((-score, inst.id, inst, rows, score, terms))
+    scored.sort(key=lambda item: (item[0], item[1]))
+    found: dict[datetime, list[Candidate]] = {}
+    limit = max_candidates if max_candidates and max_candidates > 0 else None
+    for _, _, inst, rows, score, terms in scored:
+        schedule = inst.schedule
+        pieces = schedule.open_intervals(window)
+        if not pieces:
+            continue
+        policy = effective_policy(settings, inst.policy)
+        before = seconds(policy.get("buffer_before")) or timedelta(0)
+        after = seconds(policy.get("buffer_after")) or timedelta(0)
+        step = seconds(policy.get("slot_interval")) or DEFAULT_SLOT_INTERVAL
+        earliest = now + (seconds(policy.get("minimum_notice")) or timedelta(0))
+        horizon = seconds(policy.get("booking_window"))
+        holes = list(_blocked_starts(rows, duration, before, after))
+        holes.extend(learner_blocked)
+        if earliest > window.start:
+            holes.append(Interval(window.start, earliest))
+        if horizon is not None and now + horizon < window.end:
+            holes.append(Interval(now + horizon + one, window.end))
+        holes.extend(
+            _full_periods(policy, inst.profile, rows, schedule.time_zone, window, duration)
+        )
+        holes = merge(holes)
+        candidate = Candidate(
+            inst.id,
+            0,
+            score,
+            terms,
+            (
+                ("qualified", True, ""),
+                ("available", True, ""),
+                ("no_overlap", True, ""),
+                ("within_load_limit", True, ""),
+            ),
+            f"score {score:.2f}",
+        )
+        for piece in pieces:
+            last = piece.end - duration
+            if last < piece.start:
+                continue
+            # Slot starts are aligned on the step from the start of the open piece.
+            origin = piece.start
+            for free in subtract([Interval(origin, last + one)], holes):
+                start = _next_step(origin, free.start, step)
+                while start < free.end:
+                    cands = found.get(start)
+                    if cands is None:
+                        found[start] = [candidate]
+                    elif limit is None or len(cands) < limit:
+                        cands.append(candidate)
                     start += step
-                    continue
-                k = bisect.bisect_right(blocked_starts, start) - 1
-                if k >= 0 and start < blocked[k].end:
-                    start = _next_step(piece.start, blocked[k].end, step)
-                    continue
-                lesson = Interval(start, start + duration)
-                j = bisect.bisect_right(learner_starts, start) - 1
-                clash = (j >= 0 and learner_busy[j].overlaps(lesson)) or (
-                    j + 1 < len(learner_busy) and learner_busy[j + 1].overlaps(lesson)
-                )
-                if not clash and _within_limits(
-                    limits, loads, start, duration, tz, schedule.time_zone
-                ):
-                    found[start].append(
-                        Candidate(
-                            person.id,
-                            0,
-                            score,
-                            terms,
-                            (
-                                ("qualified", True, ""),
-                                ("available", True, ""),
-                                ("no_overlap", True, ""),
-                                ("within_load_limit", True, ""),
-                            ),
-                            f"score {score:.2f}",
-                        )
-                    )
-                start += step
+    # One ranked copy per (instructor, rank), shared by every slot that places them there.
+    ranked: dict[tuple[str, int], Candidate] = {}
     out = []
     for start in sorted(found):
-        ranked = sorted(found[start], key=lambda c: (-c.score, c.instructor_id))
-        out.append((start, [replace(c, rank=i + 1) for i, c in enumerate(ranked)]))
+        cands = []
+        for i, c in enumerate(found[start], 1):
+            r = ranked.get((c.instructor_id, i))
+            if r is None:
+                r = ranked[(c.instructor_id, i)] = replace(c, rank=i)
+            cands.append(r)
+        out.append((start, cands))
+    return out
+
+
+@dataclass(frozen=True)
+class _Span:
+    start_time: datetime
+    end_time: datetime
+
+
+def _full_periods(
+    policy: dict, profile: dict, rows, tz_name: str, window: Interval, duration: timedelta
+) -> list[Interval]:
+    """Local days and weeks (the instructor's zone) in which one more lesson of `duration`
+    would break a daily or weekly limit: no start in them is offered."""
+    daily = policy.get("daily_limit") or {}
+    weekly = policy.get("weekly_limit") or {}
+    out = []
+    for kind, max_count, max_time, max_load in (
+        (
+            "day",
+            int(daily.get("max_bookings", 0)),
+            seconds(daily.get("max_booked_time")),
+            seconds(profile.get("daily_load_limit")),
+        ),
+        (
+            "week",
+            int(weekly.get("max_bookings", 0)),
+            seconds(weekly.get("max_booked_time")),
+            seconds(profile.get("weekly_load_limit")),
+        ),
+    ):
+        if not max_count and max_time is None and max_load is None:
+            continue
+        if (max_time is not None and duration > max_time) or (
+            max_load is not None and duration > max_load
+        ):
+            return [window]  # not even one lesson fits
+        bounds_of = local_day_bounds if kind == "day" else local_week_bounds
+        loads: dict[datetime, tuple[Interval, int, timedelta]] = {}
+        for r in rows:
+            bounds = bounds_of(r.start_time, tz_name)
+            _, count, total = loads.get(bounds.start, (bounds, 0, timedelta(0)))
+            loads[bounds.start] = (bounds, count + 1, total + (r.end_time - r.start_time))
+        for bounds, count, total in loads.values():
+            if not bounds.overlaps(window):
+                continue
+            total += duration
+            if (
+                (max_count and count + 1 > max_count)
+                or (max_time is not None and total > max_time)
+                or (max_load is not None and total > max_load)
+            ):
+                out.append(bounds)
     return out
 
 
@@ -2153,24 +2282,6 @@ def _blocked_starts(
 def _next_step(origin: datetime, at: datetime, step: timedelta) -> datetime:
     steps = -(-(at - origin) // step)
     return origin + steps * step
-
-
-def _within_limits(limits, loads, start: datetime, duration: timedelta, tz, tz_name: str) -> bool:
-    for kind, max_count, max_time, max_load in limits:
-        if not max_count and max_time is None and max_load is None:
-            continue
-        bounds = (
-            local_day_bounds(start, tz_name) if kind == "day" else local_week_bounds(start, tz_name)
-        )
-        count, total = loads.get((kind, bounds.start), (0, timedelta(0)))
-        total += duration
-        if (
-            (max_count and count + 1 > max_count)
-            or (max_time is not None and total > max_time)
-            or (max_load is not None and total > max_load)
-        ):
-            return False
-    return True
 
 
 def matcher_unavailable(name: str) -> Unavailable:

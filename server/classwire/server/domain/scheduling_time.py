@@ -106,6 +106,14 @@ class Schedule:
     weekly: tuple[WeeklyWindow, ...] = ()
     overrides: dict[date, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     time_off: tuple[Interval, ...] = ()
+    # Local date -> that day's windows as UTC intervals. A schedule is immutable, so its
+    # expansion of a day never changes; slot search asks for the same days again and again.
+    _days: dict[date, tuple[Interval, ...]] = field(
+        default_factory=dict, compare=False, repr=False, hash=False
+    )
+    _windows: dict[Interval, tuple[Interval, ...]] = field(
+        default_factory=dict, compare=False, repr=False, hash=False
+    )
 
     def windows_of(self, day: date) -> tuple[tuple[int, int], ...]:
         if day in self.overrides:
@@ -113,35 +121,69 @@ class Schedule:
         weekday = day.isoweekday()
         return tuple((w.start, w.end) for w in self.weekly if w.weekday == weekday)
 
+    def day_intervals(self, day: date) -> tuple[Interval, ...]:
+        found = self._days.get(day)
+        if found is None:
+            tz = zone(self.time_zone)
+            pieces = []
+            for start, end in self.windows_of(day):
+                piece = Interval(local_instant(day, start, tz), local_instant(day, end, tz))
+                if piece.start < piece.end:
+                    pieces.append(piece)
+            found = tuple(pieces)
+            if len(self._days) > 1024:  # bounded: long-lived schedules see many windows
+                self._days.clear()
+            self._days[day] = found
+        return found
+
     def open_intervals(self, window: Interval) -> list[Interval]:
         """Availability in `window`, as UTC intervals, time off removed."""
+        # Slot search asks twice for the same window (prefilter, then slots): keep the last.
+        found = self._windows.get(window)
+        if found is None:
+            if len(self._windows) > 64:
+                self._windows.clear()
+            found = self._windows[window] = tuple(self._open_intervals(window))
+        return list(found)
+
+    def _open_intervals(self, window: Interval) -> list[Interval]:
         tz = zone(self.time_zone)
         first = window.start.astimezone(tz).date() - timedelta(days=1)
         last = window.end.astimezone(tz).date() + timedelta(days=1)
         pieces = []
         day = first
         while day <= last:
-            for start, end in self.windows_of(day):
-                piece = Interval(local_instant(day, start, tz), local_instant(day, end, tz))
-                if piece.start < piece.end and piece.overlaps(window):
+            for piece in self.day_intervals(day):
+                if piece.overlaps(window):
                     pieces.append(
                         Interval(max(piece.start, window.start), min(piece.end, window.end))
                     )
             day += timedelta(days=1)
+        if not pieces:
+            return []
         return subtract(merge(pieces), [t for t in self.time_off if t.overlaps(window)])
 
 
-def local_day_bounds(instant: datetime, tz_name: str) -> Interval:
+@lru_cache(maxsize=8192)
+def day_bounds(day: date, tz_name: str) -> Interval:
+    """The UTC interval of a local day (23 or 25 hours across a DST change)."""
     tz = zone(tz_name)
-    day = instant.astimezone(tz).date()
     return Interval(local_instant(day, 0, tz), local_instant(day, MINUTES_PER_DAY, tz))
 
 
-def local_week_bounds(instant: datetime, tz_name: str) -> Interval:
+@lru_cache(maxsize=8192)
+def week_bounds(monday: date, tz_name: str) -> Interval:
     tz = zone(tz_name)
-    day = instant.astimezone(tz).date()
-    monday = day - timedelta(days=day.isoweekday() - 1)
     return Interval(local_instant(monday, 0, tz), local_instant(monday + timedelta(days=7), 0, tz))
+
+
+def local_day_bounds(instant: datetime, tz_name: str) -> Interval:
+    return day_bounds(instant.astimezone(zone(tz_name)).date(), tz_name)
+
+
+def local_week_bounds(instant: datetime, tz_name: str) -> Interval:
+    day = instant.astimezone(zone(tz_name)).date()
+    return week_bounds(day - timedelta(days=day.isoweekday() - 1), tz_name)
 
 
 # Recurrence -------------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ class SchedulingHandler:
         "UpdateSeries",
         "CancelSeries",
         "GetCalendarFeed",
+        "ProvisionSession",
     )
 
     def __init__(self, domain: d.SchedulingDomain) -> None:
@@ -162,7 +163,7 @@ class SchedulingHandler:
         )
         slots, tz, truncated = await self.domain.find_slots(principal(), query)
         return api.FindSlotsResponse(
-            slots=[conv.slot_to_proto(s) for s in slots], time_zone=tz, truncated=truncated
+            slots=conv.slots_to_proto(slots), time_zone=tz, truncated=truncated
         )
 
     # Bookings ----------------------------------------------------------------------------------
@@ -366,6 +367,12 @@ class SchedulingHandler:
         )
         return api.CancelSeriesResponse(series=conv.series_to_proto(row), outcome=outcome)
 
+    # Provisioning ------------------------------------------------------------------------------
+
+    async def ProvisionSession(self, request, context):
+        row = await self.domain.provision(principal(), conv.ref_from_proto(request.booking))
+        return api.ProvisionSessionResponse(booking=conv.booking_to_proto(row))
+
     # Calendars ---------------------------------------------------------------------------------
 
     async def GetCalendarFeed(self, request, context):
@@ -386,6 +393,9 @@ def scheduling_servicer(platform) -> object:
         getattr(platform, "timers", None),
         getattr(platform, "sessions", None),
     )
+    if domain.timers is not None:
+        # Before the runner starts (the factory runs while the server is assembled).
+        domain.register_timers(domain.timers)
     handler = SchedulingHandler(domain)
     return unimplemented_servicer(
         service_pb2_grpc.SchedulingServiceServicer,

@@ -73,6 +73,50 @@ async def qualified_ids(session: AsyncSession, tenant_id: str, subject: str, lev
     return list(rows)
 
 
+async def slot_instructors(
+    session: AsyncSession,
+    tenant_id: str,
+    subject: str,
+    level: str,
+    instructor_bit: int,
+    active: int,
+    only: Sequence[str] = (),
+):
+    """Active instructors qualified for `subject` (any level, or `level`) who have an
+    availability, in one query: (id, person zone, instructor profile, availability version,
+    availability zone, booking policy). Weekly rules are read separately, only for schedules
+    not already cached at that version."""
+    levels = [""] if not level else ["", level]
+    qualified = select(RosterQualification.person_id).where(
+        RosterQualification.tenant_id == tenant_id,
+        RosterQualification.subject == subject,
+    )
+    if level:
+        qualified = qualified.where(RosterQualification.level.in_(levels))
+    query = (
+        select(
+            RosterPerson.id,
+            RosterPerson.time_zone,
+            RosterPerson.instructor_profile,
+            SchedAvailability.version,
+            SchedAvailability.time_zone.label("availability_zone"),
+            SchedAvailability.booking_policy,
+        )
+        .join(SchedAvailability, SchedAvailability.person_id == RosterPerson.id)
+        .where(
+            RosterPerson.tenant_id == tenant_id,
+            RosterPerson.id.in_(qualified),
+            RosterPerson.state == active,
+            RosterPerson.delete_time.is_(None),
+            RosterPerson.role_bits.op("&")(instructor_bit) != 0,
+            SchedAvailability.tenant_id == tenant_id,
+        )
+    )
+    if only:
+        query = query.where(RosterPerson.id.in_(list(only)))
+    return list(await session.execute(query))
+
+
 async def settings(session: AsyncSession, tenant_id: str) -> SchedSettings | None:
     return await session.get(SchedSettings, tenant_id)
 
@@ -152,16 +196,48 @@ async def busy(
     person_ids: Sequence[str],
     start: datetime,
     end: datetime,
+    *,
+    role: int | None = None,
 ) -> list[SchedBookingPerson]:
-    """Participations of `person_ids` in scheduled bookings overlapping [start, end)."""
+    """Participations of `person_ids` in scheduled bookings overlapping [start, end) (in
+    `role` only, when given)."""
     if not person_ids:
         return []
-    rows = await session.scalars(
-        select(SchedBookingPerson)
+    query = select(SchedBookingPerson).where(
+        SchedBookingPerson.tenant_id == tenant_id,
+        SchedBookingPerson.person_id.in_(list(person_ids)),
+        SchedBookingPerson.state == 1,
+        SchedBookingPerson.start_time < end,
+        SchedBookingPerson.end_time > start,
+    )
+    if role is not None:
+        query = query.where(SchedBookingPerson.role == role)
+    rows = await session.scalars(query.order_by(SchedBookingPerson.start_time))
+    return list(rows)
+
+
+async def busy_times(
+    session: AsyncSession,
+    tenant_id: str,
+    person_ids: Sequence[str],
+    start: datetime,
+    end: datetime,
+):
+    """(person_id, start_time, end_time) of the scheduled bookings `person_ids` teach that
+    overlap [start, end): plain rows, no ORM objects, for slot search over many instructors."""
+    if not person_ids:
+        return []
+    rows = await session.execute(
+        select(
+            SchedBookingPerson.person_id,
+            SchedBookingPerson.start_time,
+            SchedBookingPerson.end_time,
+        )
         .where(
             SchedBookingPerson.tenant_id == tenant_id,
             SchedBookingPerson.person_id.in_(list(person_ids)),
             SchedBookingPerson.state == 1,
+            SchedBookingPerson.role == 2,
             SchedBookingPerson.start_time < end,
             SchedBookingPerson.end_time > start,
         )
