@@ -60,6 +60,9 @@ from .store.engine import Database
 
 log = structlog.get_logger("classwire.server")
 
+# How long background tasks (timers, dispatchers, workflows) get to finish at shutdown.
+TASK_STOP_TIMEOUT = 10.0
+
 
 def _service(module) -> str:
     return module.DESCRIPTOR.services_by_name[
@@ -164,9 +167,11 @@ class Platform:
     async def close(self) -> None:
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if self.tasks:
+            # Bounded: a background task stuck in its clean-up must not hang the shutdown.
+            _, stuck = await asyncio.wait(self.tasks, timeout=TASK_STOP_TIMEOUT)
+            for task in stuck:
+                log.warning("background task did not stop in time", task=task.get_name())
         await self.wakeups.stop()
         for provider in reversed(list(self.providers.values())):
             with contextlib.suppress(Exception):
