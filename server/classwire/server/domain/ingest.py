@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -19,10 +17,8 @@ from sqlalchemy.exc import IntegrityError
 
 from classwire.api.events.v1 import data_events_pb2, event_pb2
 
-from ..events.catalogue import wrap
 from ..events.outbox import UnitOfWorkFactory
 from ..store import data_repositories as data_repo
-from ..store import events as event_store
 from ..store.engine import Database
 from ..store.types import utcnow
 from .auth import Principal
@@ -244,54 +240,16 @@ class IngestDomain:
     async def _append(
         self, uow, events: list[data_events_pb2.CustomEvent], now: datetime
     ) -> list[event_pb2.Event]:
-        """Writes the events to the log with batched sequence reservation and one insert."""
-        session = uow.session
-        tenant_id = uow.tenant_id
-        first = await data_repo.allocate_sequences(
-            session, tenant_id, event_store.TENANT_STREAM, len(events)
-        )
-        per_session = Counter(e.session_id for e in events if e.session_id)
-        next_in_session = {}
-        # Sorted, so concurrent writers lock session counters in one order.
-        for session_id in sorted(per_session):
-            next_in_session[session_id] = await data_repo.allocate_sequences(
-                session, tenant_id, session_id, per_session[session_id]
+        """Writes the events to the log now (the unit of work batches the numbering and the
+        insert) and returns their envelopes, whose ids and sequences the caller reports."""
+        for event in events:
+            occur = (
+                event.occur_time.ToDatetime(tzinfo=now.tzinfo)
+                if event.HasField("occur_time")
+                else now
             )
-        rows = []
-        envelopes = []
-        for n, event in enumerate(events):
-            envelope = event_pb2.Event(
-                id=str(uuid.uuid4()),
-                tenant_id=tenant_id,
-                session_id=event.session_id,
-                sequence=first + n,
-            )
-            envelope.type = wrap(event, envelope)
-            if event.HasField("occur_time"):
-                envelope.occur_time.CopyFrom(event.occur_time)
-            else:
-                envelope.occur_time.FromDatetime(now)
-            envelope.actor.CopyFrom(uow.actor)
-            if event.session_id:
-                envelope.session_sequence = next_in_session[event.session_id]
-                next_in_session[event.session_id] += 1
-            rows.append(
-                {
-                    "id": envelope.id,
-                    "tenant_id": tenant_id,
-                    "sequence": envelope.sequence,
-                    "session_id": event.session_id or None,
-                    "session_sequence": envelope.session_sequence or None,
-                    "type": envelope.type,
-                    "occur_time": envelope.occur_time.ToDatetime(tzinfo=now.tzinfo),
-                    "payload": envelope.SerializeToString(),
-                }
-            )
-            envelopes.append(envelope)
-        await data_repo.insert_events(session, rows)
-        # The unit of work announces the last committed sequence to watchers and dispatchers.
-        uow.committed.extend(envelopes)
-        return envelopes
+            uow.emit(event, session_id=event.session_id or None, occur_time=occur)
+        return await uow.write_pending()
 
     async def purge_dedup_records(self, older_than: timedelta = DEDUP_WINDOW * 2) -> int:
         """Forgets client_event_ids first committed before `older_than` ago."""

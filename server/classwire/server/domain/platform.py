@@ -180,7 +180,7 @@ class PlatformDomain:
             created.emit(
                 ev.ApiKeyCreated(api_key_id=key.id, display_name=key.display_name, scopes=scopes)
             )
-            await created._write_events()
+            await created.write_pending()
             return CreatedTenant(TenantView(tenant, settings), key, secret)
 
         return await run_idempotent(lambda: self.uow(owner), idempotency, body)

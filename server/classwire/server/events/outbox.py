@@ -19,7 +19,6 @@ from classwire.api.events.v1 import event_pb2
 
 from ..store import events as event_store
 from ..store.engine import Database
-from ..store.models import Event
 from ..store.types import utcnow
 from .catalogue import wrap
 from .wakeups import Wakeups
@@ -46,9 +45,12 @@ class UnitOfWork:
         """Queues an event; it is numbered and written when the unit of work commits."""
         self.pending.append(PendingEvent(payload, session_id, occur_time or utcnow()))
 
-    async def _write_events(self) -> None:
+    async def write_pending(self) -> list[event_pb2.Event]:
+        """Numbers and writes the queued events now, in this transaction, and returns their
+        envelopes (ids and sequences), for callers that report them before the commit. The
+        commit writes whatever is still queued."""
         if not self.pending:
-            return
+            return []
         # One counter update per stream reserves the whole batch: a bulk change (an import,
         # an ingest batch) costs two round trips for its numbering, not two per event.
         next_tenant = await event_store.next_sequences(
@@ -63,6 +65,7 @@ class UnitOfWork:
             for sid, count in sorted(per_session.items())
         }
         rows = []
+        written = []
         for item in self.pending:
             envelope = event_pb2.Event(
                 id=str(uuid.uuid4()), tenant_id=self.tenant_id, session_id=item.session_id or ""
@@ -77,20 +80,22 @@ class UnitOfWork:
                 envelope.session_sequence = next_session[item.session_id]
                 next_session[item.session_id] += 1
             rows.append(
-                Event(
-                    id=envelope.id,
-                    tenant_id=self.tenant_id,
-                    sequence=envelope.sequence,
-                    session_id=item.session_id,
-                    session_sequence=envelope.session_sequence or None,
-                    type=event_type,
-                    occur_time=item.occur_time,
-                    payload=envelope.SerializeToString(),
-                )
+                {
+                    "id": envelope.id,
+                    "tenant_id": self.tenant_id,
+                    "sequence": envelope.sequence,
+                    "session_id": item.session_id,
+                    "session_sequence": envelope.session_sequence or None,
+                    "type": event_type,
+                    "occur_time": item.occur_time,
+                    "payload": envelope.SerializeToString(),
+                }
             )
-            self.committed.append(envelope)
-        self.session.add_all(rows)
+            written.append(envelope)
+        await event_store.insert_events(self.session, rows)
+        self.committed.extend(written)
         self.pending.clear()
+        return written
 
 
 class UnitOfWorkFactory:
@@ -126,7 +131,7 @@ class _Scope:
             if exc_type is not None:
                 await self.session.rollback()
                 return
-            await self.uow._write_events()
+            await self.uow.write_pending()
             await self.session.commit()
         finally:
             await self.session.close()

@@ -14,7 +14,7 @@ from ..domain.auth import Principal
 from ..domain.classroom import Classroom
 from ..domain.errors import FieldViolation, InvalidArgument
 from ..rpc.context import principal
-from .idempotency import key_for
+from .idempotency import key_for, respond
 from .unimplemented import delegates
 
 SERVICE = "classwire.api.session.v1.SessionService"
@@ -24,11 +24,6 @@ def _method(name: str, caller: Principal) -> str:
     # Request ids are the caller's own: two participants may pick the same one.
     suffix = f"#{caller.participant.participant_id}" if caller.participant else ""
     return f"{SERVICE}/{name}{suffix}"
-
-
-def _respond(result, response_type, convert):
-    # A replayed request (same request_id) comes back as the stored response itself.
-    return result if isinstance(result, response_type) else convert(result)
 
 
 def _write_scope(caller: Principal) -> None:
@@ -89,20 +84,20 @@ class ClassroomHandler:
         _write_scope(caller)
         as_participant = caller.participant is not None
 
-        def respond(row) -> api.SendChatMessageResponse:
+        def to_response(row) -> api.SendChatMessageResponse:
             return api.SendChatMessageResponse(message=conv.chat_to_proto(row, as_participant))
 
         key = key_for(
             _method("SendChatMessage", caller),
             request,
             api.SendChatMessageResponse,
-            to_response=respond,
+            to_response=to_response,
             from_response=lambda m: m,
         )
         result = await self.classroom.send_chat(
             caller, request.session_id, conv.chat_draft_from_request(request), key
         )
-        return _respond(result, api.SendChatMessageResponse, respond)
+        return respond(result, api.SendChatMessageResponse, to_response)
 
     async def DeleteChatMessage(self, request, context):
         caller = principal()
@@ -140,20 +135,20 @@ class ClassroomHandler:
         _write_scope(caller)
         as_participant = caller.participant is not None
 
-        def respond(view) -> api.CreatePollResponse:
+        def to_response(view) -> api.CreatePollResponse:
             return api.CreatePollResponse(poll=conv.poll_to_proto(view, as_participant))
 
         key = key_for(
             _method("CreatePoll", caller),
             request,
             api.CreatePollResponse,
-            to_response=respond,
+            to_response=to_response,
             from_response=lambda m: m,
         )
         result = await self.classroom.create_poll(
             caller, request.session_id, conv.poll_draft_from_proto(request.poll), key
         )
-        return _respond(result, api.CreatePollResponse, respond)
+        return respond(result, api.CreatePollResponse, to_response)
 
     async def GetPoll(self, request, context):
         caller = principal()
@@ -192,20 +187,20 @@ class ClassroomHandler:
         caller = principal()
         _write_scope(caller)
 
-        def respond(view) -> api.CreateBreakoutsResponse:
+        def to_response(view) -> api.CreateBreakoutsResponse:
             return api.CreateBreakoutsResponse(breakouts=conv.breakouts_to_proto(view))
 
         key = key_for(
             _method("CreateBreakouts", caller),
             request,
             api.CreateBreakoutsResponse,
-            to_response=respond,
+            to_response=to_response,
             from_response=lambda m: m,
         )
         result = await self.classroom.create_breakouts(
             caller, request.session_id, conv.plan_from_proto(request.plan), key
         )
-        return _respond(result, api.CreateBreakoutsResponse, respond)
+        return respond(result, api.CreateBreakoutsResponse, to_response)
 
     async def GetBreakouts(self, request, context):
         view = await self.classroom.get_breakouts(principal(), request.session_id)

@@ -45,3 +45,9 @@ def key_for(
         return from_response(response_type.FromString(data))
 
     return IdempotencyKey(method, request_id, fingerprint, encode, decode)
+
+
+def respond(result, response_type: type[M], convert: Callable[[object], M]) -> M:
+    """The response of a create-like RPC: a replayed request (same request_id) comes back from
+    the domain as the stored response itself, a first one as a domain result to convert."""
+    return result if isinstance(result, response_type) else convert(result)

@@ -17,7 +17,7 @@ from ..domain.usage import UsageDomain
 from ..domain.webhook_deliveries import WebhookDeliveries
 from ..events import webhooks
 from ..rpc.context import principal
-from .idempotency import key_for
+from .idempotency import key_for, respond
 
 SERVICE = "classwire.api.platform.v1.PlatformService"
 TENANT_MASK = {
@@ -48,11 +48,6 @@ def _created_endpoint(result) -> api.CreateWebhookEndpointResponse:
     )
 
 
-def _respond(result, response_type, convert):
-    # A replayed request (same request_id) comes back as the stored response itself.
-    return result if isinstance(result, response_type) else convert(result)
-
-
 class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
     def __init__(self, domain: PlatformDomain) -> None:
         self.domain = domain
@@ -71,7 +66,7 @@ class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
         result = await self.domain.create_tenant(
             caller, request.display_name, conv.settings_from_proto(request.settings), key
         )
-        return _respond(result, api.CreateTenantResponse, _created_tenant)
+        return respond(result, api.CreateTenantResponse, _created_tenant)
 
     async def GetTenant(self, request, context):
         view = await self.domain.get_tenant(principal(), request.id)
@@ -131,7 +126,7 @@ class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
             time_or_none(request, "expire_time"),
             key,
         )
-        return _respond(result, api.CreateApiKeyResponse, _created_key)
+        return respond(result, api.CreateApiKeyResponse, _created_key)
 
     async def GetApiKey(self, request, context):
         key = await self.domain.get_api_key(principal(), request.id)
@@ -179,7 +174,7 @@ class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
         result = await self.domain.create_webhook_endpoint(
             principal(), e.url, list(e.event_types), e.description, key
         )
-        return _respond(result, api.CreateWebhookEndpointResponse, _created_endpoint)
+        return respond(result, api.CreateWebhookEndpointResponse, _created_endpoint)
 
     async def GetWebhookEndpoint(self, request, context):
         view = await self.domain.get_webhook_endpoint(principal(), request.id)

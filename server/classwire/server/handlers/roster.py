@@ -15,15 +15,10 @@ from ..domain import roster as d
 from ..domain.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from ..domain.idempotency import MAX_REQUEST_ID_LENGTH, IdempotencyKey
 from ..rpc.context import principal
-from .idempotency import key_for
+from .idempotency import key_for, respond
 from .unimplemented import delegates, unimplemented_servicer
 
 SERVICE = "classwire.api.roster.v1.RosterService"
-
-
-def _respond(result, response_type, convert):
-    # A replayed request (same request_id) comes back as the stored response itself.
-    return result if isinstance(result, response_type) else convert(result)
 
 
 def _key(method: str, request, response_type, convert):
@@ -67,7 +62,7 @@ class RosterHandler:
         result = await self.domain.create_person(
             caller, conv.person_from_proto(request.person), key
         )
-        return _respond(result, api.CreatePersonResponse, convert)
+        return respond(result, api.CreatePersonResponse, convert)
 
     async def GetPerson(self, request, context):
         row = await self.domain.get_person(principal(), request.person_id)
@@ -116,7 +111,7 @@ class RosterHandler:
 
         key = _key("LinkGuardian", request, api.LinkGuardianResponse, convert)
         result = await self.domain.link_guardian(caller, conv.link_from_proto(request.link), key)
-        return _respond(result, api.LinkGuardianResponse, convert)
+        return respond(result, api.LinkGuardianResponse, convert)
 
     async def UnlinkGuardian(self, request, context):
         await self.domain.unlink_guardian(principal(), request.learner_id, request.guardian_id)
@@ -149,7 +144,7 @@ class RosterHandler:
 
         key = _key("CreateOrg", request, api.CreateOrgResponse, convert)
         result = await self.domain.create_org(caller, conv.org_from_proto(request.org), key)
-        return _respond(result, api.CreateOrgResponse, convert)
+        return respond(result, api.CreateOrgResponse, convert)
 
     async def GetOrg(self, request, context):
         row = await self.domain.get_org(principal(), request.org_id)
@@ -189,7 +184,7 @@ class RosterHandler:
         result = await self.domain.create_academic_session(
             caller, conv.session_from_proto(request.academic_session), key
         )
-        return _respond(result, api.CreateAcademicSessionResponse, convert)
+        return respond(result, api.CreateAcademicSessionResponse, convert)
 
     async def GetAcademicSession(self, request, context):
         row = await self.domain.get_academic_session(principal(), request.academic_session_id)
@@ -230,7 +225,7 @@ class RosterHandler:
         result = await self.domain.create_course(
             caller, conv.course_from_proto(request.course), key
         )
-        return _respond(result, api.CreateCourseResponse, convert)
+        return respond(result, api.CreateCourseResponse, convert)
 
     async def GetCourse(self, request, context):
         row = await self.domain.get_course(principal(), request.course_id)
@@ -271,7 +266,7 @@ class RosterHandler:
         result = await self.domain.create_class(
             caller, conv.class_from_proto(request.course_class), key
         )
-        return _respond(result, api.CreateClassResponse, convert)
+        return respond(result, api.CreateClassResponse, convert)
 
     async def GetClass(self, request, context):
         view = await self.domain.get_class(principal(), request.class_id)
@@ -314,7 +309,7 @@ class RosterHandler:
         result = await self.domain.create_enrollment(
             caller, conv.enrollment_from_proto(request.enrollment), key
         )
-        return _respond(result, api.CreateEnrollmentResponse, convert)
+        return respond(result, api.CreateEnrollmentResponse, convert)
 
     async def GetEnrollment(self, request, context):
         row = await self.domain.get_enrollment(principal(), request.enrollment_id)

@@ -11,15 +11,10 @@ from ..convert.common import mask_paths, time_or_none
 from ..domain import scheduling as d
 from ..domain.errors import FieldViolation, InvalidArgument
 from ..rpc.context import principal
-from .idempotency import key_for
+from .idempotency import key_for, respond
 from .unimplemented import delegates, unimplemented_servicer
 
 SERVICE = "classwire.api.scheduling.v1.SchedulingService"
-
-
-def _respond(result, response_type, convert):
-    # A replayed request (same request_id) comes back as the stored response itself.
-    return result if isinstance(result, response_type) else convert(result)
 
 
 def _key(method: str, request, response_type, convert):
@@ -180,7 +175,7 @@ class SchedulingHandler:
         result = await self.domain.create_booking(
             caller, conv.booking_from_proto(request.booking), key
         )
-        return _respond(result, api.CreateBookingResponse, convert)
+        return respond(result, api.CreateBookingResponse, convert)
 
     async def GetBooking(self, request, context):
         row = await self.domain.get_booking(principal(), conv.ref_from_proto(request.booking))
@@ -260,7 +255,7 @@ class SchedulingHandler:
         result = await self.domain.reserve_seat(
             caller, conv.ref_from_proto(request.booking), request.learner_id, key
         )
-        return _respond(result, api.ReserveSeatResponse, convert)
+        return respond(result, api.ReserveSeatResponse, convert)
 
     async def ReleaseSeat(self, request, context):
         principal().require(d.WRITE)
@@ -307,7 +302,7 @@ class SchedulingHandler:
         result = await self.domain.create_series(
             caller, conv.series_from_proto(request.series), request.conflict_policy, key
         )
-        return _respond(result, api.CreateSeriesResponse, convert)
+        return respond(result, api.CreateSeriesResponse, convert)
 
     async def GetSeries(self, request, context):
         row = await self.domain.get_series(principal(), request.series_id)

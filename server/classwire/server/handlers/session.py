@@ -14,7 +14,7 @@ from ..domain.errors import FieldViolation, InvalidArgument
 from ..domain.event_log import EventLog
 from ..domain.sessions import SessionsDomain
 from ..rpc.context import principal
-from .idempotency import key_for
+from .idempotency import key_for, respond
 from .unimplemented import delegates, unimplemented_servicer
 
 SERVICE = "classwire.api.session.v1.SessionService"
@@ -22,11 +22,6 @@ SERVICE = "classwire.api.session.v1.SessionService"
 
 def _created_session(view) -> api.CreateSessionResponse:
     return api.CreateSessionResponse(session=conv.session_to_proto(view))
-
-
-def _respond(result, response_type, convert):
-    # A replayed request (same request_id) comes back as the stored response itself.
-    return result if isinstance(result, response_type) else convert(result)
 
 
 def _target(request, one: str, every: str) -> str | None:
@@ -79,7 +74,7 @@ class SessionHandler:
         result = await self.sessions.create_session(
             caller, conv.session_input_from_proto(request.session), key
         )
-        return _respond(result, api.CreateSessionResponse, _created_session)
+        return respond(result, api.CreateSessionResponse, _created_session)
 
     async def GetSession(self, request, context):
         view = await self.sessions.get_session(principal(), request.session_id)
@@ -131,7 +126,7 @@ class SessionHandler:
         result = await self.sessions.create_join_token(
             caller, conv.join_token_input_from_request(request), key
         )
-        return _respond(result, api.CreateJoinTokenResponse, conv.token_to_response)
+        return respond(result, api.CreateJoinTokenResponse, conv.token_to_response)
 
     async def RevokeJoinToken(self, request, context):
         await self.sessions.revoke_join_token(principal(), request.session_id, request.token_id)

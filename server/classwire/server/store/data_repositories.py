@@ -30,36 +30,6 @@ def _upsert(session: AsyncSession):
 # The event log, in batches ---------------------------------------------------------------------
 
 
-async def allocate_sequences(session: AsyncSession, tenant_id: str, stream: str, count: int) -> int:
-    """Reserves `count` consecutive sequences of a stream in one statement; returns the first.
-
-    The counter row stays locked until commit, exactly as for single appends, so sequences still
-    become visible in commit order.
-    """
-    result = await session.execute(
-        update(EventCounter)
-        .where(EventCounter.tenant_id == tenant_id, EventCounter.stream == stream)
-        .values(last_sequence=EventCounter.last_sequence + count)
-        .returning(EventCounter.last_sequence)
-    )
-    value = result.scalar_one_or_none()
-    if value is not None:
-        return value - count + 1
-    await session.execute(
-        _upsert(session)(EventCounter)
-        .values(tenant_id=tenant_id, stream=stream, last_sequence=0)
-        .on_conflict_do_nothing()
-    )
-    return await allocate_sequences(session, tenant_id, stream, count)
-
-
-async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Inserts event rows (the columns of Event) in one executemany."""
-    if rows:
-        # Core insert on the table: the ORM bulk path costs more per row than the database.
-        await session.execute(insert(Event.__table__), list(rows))
-
-
 async def existing_sessions(
     session: AsyncSession, tenant_id: str, session_ids: Collection[str]
 ) -> set[str]:

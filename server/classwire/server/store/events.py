@@ -44,15 +44,34 @@ async def lock_counter(session: AsyncSession, tenant_id: str) -> None:
 
 
 async def next_sequences(session: AsyncSession, tenant_id: str, stream: str, count: int) -> int:
-    """Reserves `count` consecutive sequences of a stream in one step; returns the first."""
-    first = await next_sequence(session, tenant_id, stream)
-    if count > 1:
-        await session.execute(
-            update(EventCounter)
-            .where(EventCounter.tenant_id == tenant_id, EventCounter.stream == stream)
-            .values(last_sequence=EventCounter.last_sequence + (count - 1))
-        )
-    return first
+    """Reserves `count` consecutive sequences of a stream in one statement; returns the first.
+
+    The counter row stays locked until commit, as for single appends, so sequences still become
+    visible in commit order.
+    """
+    result = await session.execute(
+        update(EventCounter)
+        .where(EventCounter.tenant_id == tenant_id, EventCounter.stream == stream)
+        .values(last_sequence=EventCounter.last_sequence + count)
+        .returning(EventCounter.last_sequence)
+    )
+    value = result.scalar_one_or_none()
+    if value is not None:
+        return value - count + 1
+    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    await session.execute(
+        insert(EventCounter)
+        .values(tenant_id=tenant_id, stream=stream, last_sequence=0)
+        .on_conflict_do_nothing()
+    )
+    return await next_sequences(session, tenant_id, stream, count)
+
+
+async def insert_events(session: AsyncSession, rows: list[dict]) -> None:
+    """Inserts event rows (the columns of Event) in one executemany: a Core insert, since the
+    ORM's per-object bookkeeping costs more per row than the database does."""
+    if rows:
+        await session.execute(Event.__table__.insert(), rows)
 
 
 async def read_after(

@@ -445,21 +445,3 @@ async def update_rows(session: AsyncSession, model, rows: list[dict[str, Any]]) 
 async def delete_where_in(session: AsyncSession, column, values: Collection[str]) -> None:
     for part in chunks(sorted(set(values))):
         await session.execute(delete(column.class_).where(column.in_(part)))
-
-
-async def reserve_sequences(session: AsyncSession, tenant_id: str, count: int) -> int:
-    """Hands out `count` consecutive tenant-log sequences in one statement; returns the first.
-
-    The same counter row as store.events.next_sequence, locked until commit, so sequences stay
-    in commit order."""
-    from .events import TENANT_STREAM, next_sequence
-    from .models import EventCounter
-
-    first = await next_sequence(session, tenant_id, TENANT_STREAM)
-    if count > 1:
-        await session.execute(
-            update(EventCounter)
-            .where(EventCounter.tenant_id == tenant_id, EventCounter.stream == TENANT_STREAM)
-            .values(last_sequence=EventCounter.last_sequence + (count - 1))
-        )
-    return first
