@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 
-.PHONY: bootstrap run test gen check-gen lint breaking bench-api bench-sessions bench-data bench-scheduling bench-slots clean
+.PHONY: bootstrap run test gen check-gen lint breaking bench-api bench-sessions bench-data bench-analytics bench-media bench-asr bench-scheduling bench-slots clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,7 @@ run: $(VENV)/.installed node_modules/.installed
 
 # The whole suite on SQLite; again on PostgreSQL when CLASSWIRE_TEST_POSTGRES_URL is set.
 test: bootstrap
+	scripts/system-deps.sh
 	env -u CLASSWIRE_TEST_POSTGRES_URL $(PY) -m pytest -q
 	@if [ -n "$$CLASSWIRE_TEST_POSTGRES_URL" ]; then \
 		echo "== again on PostgreSQL"; \
@@ -58,6 +59,20 @@ bench-sessions: bootstrap
 
 bench-data: bootstrap
 	$(PY) bench/data.py
+
+# Analytics on 10 million generated events: rollup queries vs a full scan of the log, in the
+# same run. Takes about 20 minutes on two cores (mostly generating and scanning); quick run:
+# make bench-analytics ARGS='--events 200000'.
+bench-analytics: bootstrap
+	$(PY) bench/analytics.py $(ARGS)
+
+# Speech recognition: bare PocketSphinx vs the streaming provider vs the live WebRTC path.
+bench-asr: bootstrap
+	scripts/system-deps.sh
+	$(PY) bench/asr.py
+
+bench-media: bootstrap
+	$(PY) bench/media.py
 
 bench-scheduling: bootstrap
 	$(PY) bench/scheduling.py

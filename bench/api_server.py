@@ -37,6 +37,7 @@ async def classwire(port: int, with_stack: bool) -> None:
     from classwire.server.app import Platform, Server
     from classwire.server.config import load_config
     from classwire.server.domain.platform import TenantSettings
+    from classwire.server.domain.usage import UsageDomain
     from classwire.server.handlers.platform import PlatformHandler
     from classwire.server.logs import configure_logging
     from classwire.server.rpc import context
@@ -64,7 +65,7 @@ async def classwire(port: int, with_stack: bool) -> None:
     created = await platform.platform.create_tenant(None, "bench", TenantSettings())
     principal = await platform.authenticator.authenticate(created.secret)
     if not with_stack:
-        handler = PlatformHandler(platform.platform)
+        handler = PlatformHandler(platform.platform, UsageDomain(platform.db, platform.meter))
         original = handler.GetApiKey
 
         async def get_api_key(request, ctx):

@@ -11,6 +11,8 @@ import pytest
 
 import classwire.plugins.cpsat as cpsat_plugin
 from classwire.plugins.cpsat import CpSatMatcher, GreedyMatcher
+from classwire.plugins.cpsat.matchers import relaxation
+from classwire.plugins.cpsat.scoring import SCALE, Prepared
 from classwire.server.plugins import ConfigError, PluginManager
 from classwire.server.plugins.types import (
     DEFAULT_MATCH_WEIGHTS,
@@ -298,6 +300,39 @@ async def test_same_problem_same_plan() -> None:
         (a.booking_id, a.instructor_id) for a in second.assignments
     ]
     assert first.objective == second.objective
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_relaxation_bound_is_above_the_proven_optimum(seed: int) -> None:
+    """The relaxation's bound, recomputed from its prices, is never below the optimum CP-SAT
+    proves on the whole model; its rounding is a valid plan no better than that optimum."""
+    problem = random_problem(seed)
+    optimal = await CpSatMatcher(workers=2, seed=0).assign(problem)
+    assert optimal.status is MatchStatus.OPTIMAL
+    prepared = Prepared(problem)
+    values, bound = relaxation(prepared, 10.0)
+    assert bound is not None
+    relaxed = (bound - prepared.penalty * len(prepared.lessons)) / SCALE
+    assert relaxed >= optimal.objective - 1e-9
+    objective, assignments = prepared.evaluate(prepared.guided(values))
+    rounded = MatchPlan(assignments, objective / SCALE, None, False, MatchStatus.FEASIBLE, 0.0)
+    check_plan(problem, rounded)
+    assert rounded.objective <= optimal.objective + 1e-9
+
+
+async def test_large_problems_report_the_relaxation_bound() -> None:
+    """From a few hundred lessons on, the plan starts from the rounded relaxation and reports
+    its proven bound: never below the plan, and never optimal unless they meet."""
+    problem = random_problem(5, lessons=260, instructors=30)
+    problem = MatchProblem(
+        problem.lessons, problem.instructors, time_limit_seconds=6, level_order=LEVELS
+    )
+    greedy = await GreedyMatcher().assign(problem)
+    plan = await CpSatMatcher(workers=2, seed=0).assign(problem)
+    check_plan(problem, plan)
+    assert plan.objective >= greedy.objective - 1e-9
+    assert plan.bound is not None and plan.bound >= plan.objective - 1e-9
+    assert plan.optimal == (plan.bound == pytest.approx(plan.objective, abs=1e-9))
 
 
 def test_options_are_checked(manager: PluginManager, tmp_path: Path) -> None:

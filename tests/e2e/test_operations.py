@@ -344,7 +344,7 @@ def test_configuration_error_exits_2_naming_the_key(tmp_path, case):
         config_file.write_text(toml_text)
         settings["CLASSWIRE_CONFIG"] = str(config_file)
     env = cli_env(tmp_path / "data", **settings)
-    # Exactly the brief's command: a checkout without the console script on PATH can run it.
+    # Exactly the README's command: a checkout without the console script on PATH can run it.
     result = subprocess.run(
         [sys.executable, "-m", "classwire.server.cli", "serve"],
         env=env,

@@ -392,17 +392,6 @@ async def test_list_and_get_events(server):
         assert list(theirs.events) == []
 
 
-async def test_other_data_rpcs_stay_unimplemented(server):
-    async with grpc.aio.insecure_channel(server.address) as channel:
-        await expect_error(
-            data_grpc.DataServiceStub(channel).GetSessionReport(
-                data_api.GetSessionReportRequest(session_id="ses_x"), metadata=metadata(server)
-            ),
-            grpc.StatusCode.UNIMPLEMENTED,
-            "NOT_YET_AVAILABLE",
-        )
-
-
 @contextlib.asynccontextmanager
 async def own_server(tmp_path):
     """A server of its own, for tests that stop it."""

@@ -115,7 +115,11 @@ async def env(tmp_path_factory):
             if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise
             side = aio.server(
-                interceptors=[ClasswireInterceptor(platform.authenticator, RateLimiter(1e6, 10**6))]
+                interceptors=[
+                    ClasswireInterceptor(
+                        platform.authenticator, RateLimiter(1e6, 10**6), platform.meter
+                    )
+                ]
             )
             data_grpc.add_DataServiceServicer_to_server(
                 unimplemented_servicer(

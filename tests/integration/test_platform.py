@@ -447,7 +447,7 @@ async def test_tenant_admin_cannot_create_tenants(server, second_tenant):
     assert details(err)[0].metadata["scope"] == "operator"
 
 
-async def test_later_capabilities_answer_unimplemented_after_auth(server):
+async def test_authentication_comes_before_validation(server):
     from classwire.api.data.v1 import service_pb2 as data_api
     from classwire.api.data.v1 import service_pb2_grpc as data_grpc
 
@@ -461,6 +461,4 @@ async def test_later_capabilities_answer_unimplemented_after_auth(server):
                 data_api.SubmitRatingRequest(),
                 metadata=(("authorization", f"Bearer {server.api_key}"),),
             )
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "data and integrations" in caught.value.details()
-        assert details(caught.value)[0].reason == "NOT_YET_AVAILABLE"
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

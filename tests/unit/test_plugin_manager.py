@@ -74,7 +74,8 @@ def test_built_ins_come_through_entry_points() -> None:
     assert pm.names("blob_store") == ["localfs"]
     assert pm.names(ProviderKind.EVENT_BUS) == ["memory_bus", "postgres_bus"]
     assert pm.registrations("event_bus")["memory_bus"].plugin == "memory_bus"
-    assert pm.names("media_backend") == []
+    assert pm.names("media_backend") == ["aiortc_sfu", "janus"]
+    assert pm.names("transcription_engine") == ["pocketsphinx"]
 
 
 def test_allow_list() -> None:
@@ -259,6 +260,12 @@ def test_unknown_provider_names_key_and_choices(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         pm.create("media_backend", "aiortc", data_dir=tmp_path, database_url="", key="x.media")
     assert info.value.key == "x.media"
+    assert "available: aiortc_sfu, janus" in str(info.value)
+
+    with pytest.raises(ConfigError) as info:
+        make(allow=["localfs"]).create(
+            "media_backend", "aiortc_sfu", data_dir=tmp_path, database_url=""
+        )
     assert "none" in str(info.value)
 
 

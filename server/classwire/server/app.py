@@ -29,27 +29,41 @@ from classwire.api.scheduling.v1 import service_pb2_grpc as scheduling_grpc
 from classwire.api.session.v1 import service_pb2 as session_api
 from classwire.api.session.v1 import service_pb2_grpc as session_grpc
 
-from .config import Config
+from .config import DEFAULT_PROVIDERS, Config
+from .domain.analytics import AnalyticsDomain
 from .domain.auth import RateLimiter
 from .domain.authenticate import Authenticator
 from .domain.classroom import Classroom
 from .domain.event_log import EventLog
+from .domain.media import MediaDomain, MediaSettings
+from .domain.media_talk import TalkSettings
 from .domain.platform import PlatformDomain, TenantSettings
 from .domain.presence import Presence
+from .domain.recordings import RecordingsDomain
+from .domain.reports import ReportsDomain
 from .domain.sessions import SessionsDomain
-from .domain.usage import METER
+from .domain.transcription import TranscriptionDomain
+from .domain.transcription_engines import EngineRegistry
+from .domain.usage import ApiCallMeter, UsageDomain
 from .events.outbox import UnitOfWorkFactory
+from .events.rollups import start_rollups
 from .events.timers import Timers
 from .events.wakeups import Wakeups
 from .events.webhooks import WebhookDispatcher
 from .events.workflow_runner import start_notifications
+from .handlers.analytics import analytics_methods
 from .handlers.classroom import classroom_methods
 from .handlers.data import data_servicer
+from .handlers.exports import export_methods
+from .handlers.media import media_servicer
 from .handlers.notifications import notification_methods
 from .handlers.platform import PlatformHandler
+from .handlers.recordings import recording_methods
+from .handlers.reports import report_methods
 from .handlers.roster import roster_servicer
 from .handlers.scheduling import scheduling_servicer
 from .handlers.session import session_servicer
+from .handlers.transcription import transcript_methods, transcription_methods
 from .handlers.unimplemented import unimplemented_servicer
 from .plugins.manager import PluginManager
 from .plugins.types import ProviderKind
@@ -71,9 +85,7 @@ def _service(module) -> str:
 
 
 # (generated api module, grpc module, servicer base name) for the services still to come.
-PENDING_SERVICES = [
-    (media_api, media_grpc, "MediaService"),
-]
+PENDING_SERVICES: list = []
 SERVICE_NAMES = [
     _service(m)
     for m in (platform_api, roster_api, scheduling_api, session_api, media_api, data_api)
@@ -96,10 +108,20 @@ class Platform:
     classroom: Classroom
     timers: Timers
     webhooks: WebhookDispatcher | None = None
+    # API calls per tenant and day, counted by the interceptor and flushed by a task.
+    meter: ApiCallMeter = field(default_factory=ApiCallMeter)
     # Built by start_notifications (events/workflow_runner.py) when the server starts.
     notifications: Any = None
     workflows: Any = None
     workflow_runner: Any = None
+    # Post-session reports and their build runner (domain/reports.py).
+    reports: Any = None
+    # Live transcription (domain/transcription.py).
+    transcription: Any = None
+    # The media plane (domain/media.py) over the media backend provider.
+    media: Any = None
+    # Recordings (domain/recordings.py), stored through the blob store provider.
+    recordings: Any = None
     providers: dict = field(default_factory=dict)
     # Background tasks (timers, dispatchers) started by the areas; cancelled at close.
     tasks: list = field(default_factory=list)
@@ -147,11 +169,24 @@ class Platform:
         platform.classroom = Classroom(db, uow, platform.sessions)
         sessions.classroom = platform.classroom
         platform.webhooks = WebhookDispatcher(db, uow, wakeups)
+        platform.reports = ReportsDomain(db, uow, plugins, config)
         # The lifecycle's timers (join window, empty room, overrun, reconnect grace), and the
         # participant connections of this replica.
         sessions.register_timers(timers)
         sessions.presence = Presence(db, wakeups, sessions, platform.classroom)
+        platform.media = await _open_media(config, plugins, db, uow, sessions, providers)
+        sessions.presence.media = platform.media
         await sessions.recover_connections()
+        platform.transcription = TranscriptionDomain(
+            db, uow, sessions, EngineRegistry(plugins, config)
+        )
+        if platform.media is not None:
+            # One recognizer per published audio track, fed by the media plane's decode.
+            platform.transcription.attach_media(platform.media)
+        platform.recordings = RecordingsDomain(
+            db, uow, sessions, platform.media, providers[ProviderKind.BLOB_STORE.value]
+        )
+        sessions.presence.recordings = platform.recordings
         # Revocations on this replica take effect at once, not after the cache TTL.
         platform.platform.credential_revoked = platform.authenticator.evict
         return platform
@@ -160,9 +195,13 @@ class Platform:
         """Starts the durable timer runner; areas register their timer kinds before this."""
         # Notifications register their timer kind before the runner starts firing.
         start_notifications(self)
+        start_rollups(self)
         self.tasks.append(self.timers.start())
         self.tasks.append(self.webhooks.start())
-        self.tasks.append(asyncio.create_task(METER.run(self.db), name="usage-meter"))
+        self.tasks.append(self.reports.start())
+        self.tasks.append(self.transcription.start())
+        self.tasks.append(self.recordings.start())
+        self.tasks.append(asyncio.create_task(self.meter.run(self.db), name="usage-meter"))
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -172,6 +211,14 @@ class Platform:
             _, stuck = await asyncio.wait(self.tasks, timeout=TASK_STOP_TIMEOUT)
             for task in stuck:
                 log.warning("background task did not stop in time", task=task.get_name())
+        with contextlib.suppress(Exception):
+            await self.transcription.close()
+        with contextlib.suppress(Exception):
+            # Files in progress are finalized before the media plane closes their tracks.
+            await self.recordings.close()
+        if self.media is not None:
+            with contextlib.suppress(Exception):
+                await self.media.close()
         await self.wakeups.stop()
         for provider in reversed(list(self.providers.values())):
             with contextlib.suppress(Exception):
@@ -190,6 +237,41 @@ class Platform:
             None, "default", TenantSettings(), operator=True
         )
         return created.tenant.tenant.id, created.secret
+
+
+async def _open_media(config: Config, plugins, db, uow, sessions, providers) -> MediaDomain:
+    """The media domain over the configured media backend. Without the default backend
+    installed the server still runs: media actions and RPCs answer MEDIA_BACKEND_UNAVAILABLE."""
+    kind = ProviderKind.MEDIA_BACKEND
+    name = config.providers.get(kind.value, "")
+    settings = MediaSettings(
+        quality_sample_period=config.media_quality_sample_period.total_seconds(),
+        talk=TalkSettings(
+            on_dbov=config.talk_on_dbov,
+            off_dbov=min(config.talk_off_dbov, config.talk_on_dbov),
+            hangover=config.talk_hangover.total_seconds(),
+            min_interval=config.talk_min_interval.total_seconds(),
+        ),
+    )
+    backend = None
+    message = ""
+    if not name:
+        message = "no media backend is configured"
+    elif name == DEFAULT_PROVIDERS["media_backend"] and name not in plugins.names(kind):
+        message = f"the default media backend {name!r} is not installed"
+        log.warning("media plane disabled", reason=message)
+    else:
+        backend = plugins.create(
+            kind,
+            name,
+            data_dir=config.data_dir,
+            database_url=config.effective_database_url,
+            options=config.provider_options.get(name, {}),
+            key=config.provider_keys.get(kind.value, f"providers.{kind.value}"),
+        )
+        await backend.start()
+        providers[kind.value] = backend
+    return MediaDomain(db, uow, sessions, backend, settings, unavailable_message=message)
 
 
 def _host_port(listen: str) -> tuple[str, int]:
@@ -232,23 +314,42 @@ class Server:
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.so_reuseport", 0),
         ]
-        self.interceptor = ClasswireInterceptor(p.authenticator, limiter)
+        self.interceptor = ClasswireInterceptor(p.authenticator, limiter, p.meter)
         self.server = aio.server(interceptors=[self.interceptor], options=options)
         platform_grpc.add_PlatformServiceServicer_to_server(
-            PlatformHandler(p.platform), self.server
+            PlatformHandler(p.platform, UsageDomain(p.db, p.meter)), self.server
         )
         session_grpc.add_SessionServiceServicer_to_server(
             session_servicer(p.sessions, p.event_log, classroom_methods(p)), self.server
         )
         data_grpc.add_DataServiceServicer_to_server(
-            data_servicer(p.event_log, extra=notification_methods(p)), self.server
+            data_servicer(
+                p.event_log,
+                extra={
+                    **notification_methods(p),
+                    **transcript_methods(p.transcription),
+                    **report_methods(p.reports),
+                    **analytics_methods(AnalyticsDomain(p.db, p.uow)),
+                    **export_methods(p),
+                },
+            ),
+            self.server,
         )
         roster_grpc.add_RosterServiceServicer_to_server(roster_servicer(p), self.server)
         scheduling_grpc.add_SchedulingServiceServicer_to_server(scheduling_servicer(p), self.server)
+        media_grpc.add_MediaServiceServicer_to_server(
+            media_servicer(
+                p.media,
+                {**transcription_methods(p.transcription), **recording_methods(p.recordings)},
+            ),
+            self.server,
+        )
         for api_module, grpc_module, name in PENDING_SERVICES:
             base = getattr(grpc_module, f"{name}Servicer")
             adder = getattr(grpc_module, f"add_{name}Servicer_to_server")
-            adder(unimplemented_servicer(base, _service(api_module)), self.server)
+            # Transcription control is served ahead of the rest of the media service.
+            implemented = transcription_methods(p.transcription) if name == "MediaService" else {}
+            adder(unimplemented_servicer(base, _service(api_module), implemented), self.server)
 
         self.health = DrainingHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

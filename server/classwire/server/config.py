@@ -47,6 +47,14 @@ class Config:
     provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     plugins_allow: tuple[str, ...] = ()
     plugins_block: tuple[str, ...] = ()
+    # Media plane: how often quality samples are recorded, and the talk-time voice detector
+    # (speech starts above `talk_on_dbov`, goes on above `talk_off_dbov`, ends after the
+    # hangover; shorter intervals are dropped).
+    media_quality_sample_period: timedelta = timedelta(seconds=10)
+    talk_on_dbov: float = -45.0
+    talk_off_dbov: float = -52.0
+    talk_hangover: timedelta = timedelta(milliseconds=300)
+    talk_min_interval: timedelta = timedelta(milliseconds=250)
 
     @property
     def effective_database_url(self) -> str:
@@ -55,7 +63,14 @@ class Config:
         return f"sqlite+aiosqlite:///{(self.data_dir / 'classwire.db').resolve()}"
 
 
-DEFAULT_PROVIDERS = {"blob_store": "localfs", "event_bus": "memory_bus", "matcher": "cpsat"}
+DEFAULT_PROVIDERS = {
+    "blob_store": "localfs",
+    "event_bus": "memory_bus",
+    "matcher": "cpsat",
+    "media_backend": "aiortc_sfu",
+    # Post-session report summaries (domain/reports.py), created on first use.
+    "summarizer": "extractive",
+}
 
 
 def _host_port(key: str, value: str, allow_empty: bool = False) -> str:
@@ -94,6 +109,16 @@ def _positive_float(key: str, value: Any) -> float:
         raise ConfigError(key, f"expected a number, got {value!r}") from None
     if number <= 0:
         raise ConfigError(key, f"must be positive, got {value!r}")
+    return number
+
+
+def _dbov(key: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected a level in dBov, got {value!r}") from None
+    if not -127.0 <= number <= 0.0:
+        raise ConfigError(key, f"must be between -127 and 0 dBov, got {value!r}")
     return number
 
 
@@ -158,12 +183,23 @@ _SCALARS: dict[str, tuple[str, Any]] = {
     "api_key_cache_ttl": ("CLASSWIRE_API_KEY_CACHE_SECONDS", _seconds),
     "plugins_allow": ("CLASSWIRE_PLUGINS_ALLOW", _names),
     "plugins_block": ("CLASSWIRE_PLUGINS_BLOCK", _names),
+    "media_quality_sample_period": (
+        "CLASSWIRE_MEDIA_QUALITY_SAMPLE_SECONDS",
+        lambda k, v: _seconds(k, v, 0.1),
+    ),
+    "talk_on_dbov": ("CLASSWIRE_TALK_ON_DBOV", _dbov),
+    "talk_off_dbov": ("CLASSWIRE_TALK_OFF_DBOV", _dbov),
+    "talk_hangover": ("CLASSWIRE_TALK_HANGOVER_SECONDS", _seconds),
+    "talk_min_interval": ("CLASSWIRE_TALK_MIN_INTERVAL_SECONDS", _seconds),
 }
 _FILE_KEY_ALIASES = {
     "shutdown_grace": "shutdown_grace_seconds",
     "keepalive_time": "keepalive_seconds",
     "keepalive_timeout": "keepalive_timeout_seconds",
     "api_key_cache_ttl": "api_key_cache_seconds",
+    "media_quality_sample_period": "media_quality_sample_seconds",
+    "talk_hangover": "talk_hangover_seconds",
+    "talk_min_interval": "talk_min_interval_seconds",
 }
 
 

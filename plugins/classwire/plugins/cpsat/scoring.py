@@ -488,6 +488,36 @@ class Prepared:
         )
         return self._one_at_a_time(order, in_start_order=False)
 
+    def guided(self, values: Sequence[float]) -> dict[int, int]:
+        """A plan rounded from a relaxation: the pairs in order of their relaxed values (then
+        of their scores), each taken while its lesson is unassigned and its instructor free
+        and within load. A near-integral relaxation rounds to a near-optimal plan."""
+        order = sorted(
+            range(len(self.pairs)), key=lambda p: (-round(values[p], 6), -self.pairs[p].score, p)
+        )
+        taken: list[list[tuple[int, int]]] = [[] for _ in self.instructors]
+        used = [0] * len(self.instructors)
+        chosen: dict[int, int] = {}
+        for p in order:
+            b, i = self.pairs[p].lesson, self.pairs[p].instructor
+            if b in chosen:
+                continue
+            capacity = self.instructors[i].capacity
+            if capacity is not None and used[i] + self.durations[b] > capacity:
+                continue
+            start, end = self.starts[b], self.ends[b]
+            slots = taken[i]
+            k = bisect.bisect_left(slots, (start, end))
+            # Sorted and disjoint: only the neighbours can overlap.
+            if k < len(slots) and slots[k][0] < end:
+                continue
+            if k > 0 and slots[k - 1][1] > start:
+                continue
+            slots.insert(k, (start, end))
+            used[i] += self.durations[b]
+            chosen[b] = p
+        return chosen
+
     def _one_at_a_time(self, order: list[int], *, in_start_order: bool) -> dict[int, int]:
         taken: list[list[tuple[int, int]]] = [[] for _ in self.instructors]
         busy_until = [-(2**62)] * len(self.instructors)

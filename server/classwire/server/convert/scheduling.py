@@ -6,7 +6,7 @@ form the domain validates and the store keeps, so they read back exactly as writ
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import json_format
 
@@ -193,6 +193,8 @@ def booking_to_proto(row) -> pb.Booking:
         out.assignment.matcher = a.get("matcher", "")
         out.assignment.plan_id = a.get("plan_id", "")
         _ts(a.get("assign_time"), out.assignment.assign_time)
+        if a.get("explanation"):
+            out.assignment.explanation.CopyFrom(explanation_to_proto(a["explanation"]))
     if row.cancellation:
         c = row.cancellation
         out.cancellation.reason = c.get("reason", "")
@@ -339,4 +341,102 @@ def slot_to_proto(s: d.SlotView, memo: dict | None = None) -> pb.Slot:
         out.candidates.add(instructor_id=c.instructor_id, rank=c.rank).explanation.CopyFrom(
             explained
         )
+    return out
+
+
+# Matching, substitutes, feed tokens -------------------------------------------------------------
+
+
+def match_options_from_proto(message, name: str = "match"):
+    """MatchOptions of a request as the domain's input; the default options when unset."""
+    from ..domain.scheduling_matching import MatchOptionsInput
+
+    if not message.HasField(name):
+        return MatchOptionsInput()
+    m = getattr(message, name)
+    weights = None
+    if m.HasField("weights"):
+        w = m.weights
+        weights = {
+            "continuity": w.continuity,
+            "language": w.language,
+            "preference": w.preference,
+            "load_balance": w.load_balance,
+            **dict(w.custom),
+        }
+    return MatchOptionsInput(
+        matcher=m.matcher,
+        weights=weights,
+        excluded_instructor_ids=tuple(m.excluded_instructor_ids),
+        instructor_ids=tuple(m.instructor_ids),
+    )
+
+
+def explanation_to_proto(data: dict | None) -> pb.MatchExplanation:
+    return _parse(data, pb.MatchExplanation())
+
+
+def match_candidate_to_proto(c, rank: int | None = None) -> pb.Candidate:
+    """A matcher provider's MatchCandidate (or a chosen MatchAssignment) as a Candidate."""
+    from ..domain.scheduling_matching import explanation_json
+
+    return pb.Candidate(
+        instructor_id=c.instructor_id,
+        rank=c.rank if rank is None else rank,
+        explanation=explanation_to_proto(explanation_json(c.explanation)),
+    )
+
+
+def plan_to_proto(row) -> pb.AssignmentPlan:
+    out = pb.AssignmentPlan(
+        id=row.id,
+        state=row.state,
+        matcher=row.matcher,
+        status=row.status,
+        objective=row.objective,
+        best_bound=row.best_bound,
+        gap=row.gap,
+        assigned_count=row.assigned_count,
+        unassigned_count=row.unassigned_count,
+        changed_count=row.changed_count,
+    )
+    out.solve_duration.FromTimedelta(timedelta(seconds=row.solve_seconds))
+    for e in row.assignments:
+        out.assignments.add(
+            booking_id=e["booking_id"],
+            instructor_id=e["instructor_id"],
+            previous_instructor_id=e["previous_instructor_id"],
+            explanation=explanation_to_proto(e.get("explanation")),
+        )
+    set_time(out.create_time, row.create_time)
+    set_time(out.apply_time, row.apply_time)
+    set_time(out.expire_time, row.expire_time)
+    return out
+
+
+def proposal_to_proto(row) -> pb.SubstituteProposal:
+    out = pb.SubstituteProposal(
+        id=row.id,
+        booking_id=row.booking_id,
+        absent_instructor_id=row.absent_instructor_id,
+        matcher=row.matcher,
+        state=row.state,
+        assigned_instructor_id=row.assigned_instructor_id,
+    )
+    for c in row.candidates:
+        out.candidates.add(
+            instructor_id=c["instructor_id"],
+            rank=c["rank"],
+            explanation=explanation_to_proto(c.get("explanation")),
+        )
+    set_time(out.create_time, row.create_time)
+    return out
+
+
+def feed_token_to_proto(row, secret: str = "", base_url: str = "") -> pb.CalendarFeedToken:
+    out = pb.CalendarFeedToken(id=row.id, person_id=row.person_id, label=row.label, token=secret)
+    if secret and base_url:
+        out.url = f"{base_url.rstrip('/')}/calendar/v1/{secret}.ics"
+    set_time(out.create_time, row.create_time)
+    set_time(out.last_use_time, row.last_use_time)
     return out

@@ -12,6 +12,7 @@ from classwire.api.session.v1 import service_pb2 as api
 
 from ..domain import presence as pr
 from ..domain.errors import DomainError, FieldViolation, InvalidArgument
+from ..domain.media import MEDIA_ACTIONS
 from ..domain.sessions import (
     AttendanceView,
     IssuedToken,
@@ -26,6 +27,8 @@ from ..domain.sessions import (
 )
 from ..domain.sessions import ParticipantView as ParticipantView
 from . import classroom as classroom_conv
+from . import media as media_conv
+from . import transcription as transcription_conv
 from .common import duration_or_none, set_duration, set_time
 
 
@@ -221,12 +224,17 @@ def participant_to_proto(view: ParticipantView) -> pb.Participant:
 
 
 def snapshot_to_proto(snapshot: pr.Snapshot) -> pb.SessionSnapshot:
-    return pb.SessionSnapshot(
+    message = pb.SessionSnapshot(
         session=session_to_proto(snapshot.session),
         local_participant=participant_to_proto(snapshot.local),
         participants=[participant_to_proto(p) for p in snapshot.participants],
         session_sequence=snapshot.session_sequence,
     )
+    tracks = getattr(snapshot, "tracks", None) or {}
+    for participant in [message.local_participant, *message.participants]:
+        for view in tracks.get(participant.id, ()):
+            participant.tracks.append(media_conv.track_to_proto(view))
+    return message
 
 
 def attendance_to_proto(view: AttendanceView) -> pb.Attendance:
@@ -312,6 +320,9 @@ def connect_response(item) -> api.ConnectResponse:
         return api.ConnectResponse(
             disconnect=api.ConnectResponse.Disconnect(reason=item.reason, message=item.message)
         )
+    media = media_conv.connect_response(item)
+    if media is not None:
+        return media
     raise TypeError(f"no conversion for {type(item).__name__}")
 
 
@@ -451,5 +462,12 @@ def _action_args(kind: str, m) -> dict:
         return {"text": m.text}
     if kind == "close_breakouts":
         return {"countdown": duration_or_none(m, "countdown")}
-    # Recording, transcription, media and signaling: answered NOT_YET_AVAILABLE by the domain.
+    if kind in MEDIA_ACTIONS:
+        return media_conv.action_args(kind, m)
+    if kind == "start_transcription":
+        return {"options": transcription_conv.options_from_proto(m.options)}
+    if kind in ("start_recording", "stop_recording", "recording_consent"):
+        from . import recordings as recording_conv
+
+        return recording_conv.action_args(kind, m)
     return {}

@@ -33,6 +33,8 @@ class Authenticator:
         self._keys: dict[str, tuple[float, Principal, object]] = {}
         self._signing: dict[str, tuple[float, str, str, bool]] = {}
         self._touch_tasks: set[asyncio.Task] = set()
+        # Credential prefix -> verifier, for credentials other areas issue (calendar feed tokens).
+        self.verifiers: dict[str, object] = {}
 
     def evict(self, key_id: str) -> None:
         self._keys.pop(key_id, None)
@@ -47,6 +49,9 @@ class Authenticator:
         key_id = parse_api_key(credential)
         if key_id is not None:
             return await self._api_key(key_id, credential)
+        prefix = credential.partition(".")[0]
+        if prefix in self.verifiers:
+            return await self.verifiers[prefix](credential)  # type: ignore[operator]
         return await self._participant(credential)
 
     async def _api_key(self, key_id: str, secret: str) -> Principal:

@@ -146,6 +146,22 @@ BUILTIN_TEMPLATES: dict[tuple[str, str], Template] = {
             ("instructor_name", "title", "start_time", "action", "booking_id", "session_id"),
         ),
         _builtin(
+            "substitute_assignment",
+            "You are substituting: ${title} at ${start_time}",
+            "Hello ${recipient_name},\n\nYou are now the instructor of ${title} on "
+            "${start_time} (${time_zone}), in place of ${absent_instructor_name}.\n",
+            "<p>Hello ${recipient_name},</p><p>You are now the instructor of <b>${title}</b> "
+            "on ${start_time} (${time_zone}), in place of ${absent_instructor_name}.</p>",
+            (
+                "title",
+                "start_time",
+                "time_zone",
+                "absent_instructor_name",
+                "booking_id",
+                "session_id",
+            ),
+        ),
+        _builtin(
             "low_engagement",
             "Engagement flag: ${learner_name}",
             "Hello ${recipient_name},\n\n${learner_name} was flagged: ${detail} "

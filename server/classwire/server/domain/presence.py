@@ -51,6 +51,8 @@ from .errors import (
     Unavailable,
     Unimplemented,
 )
+from .media import MEDIA_ACTIONS
+from .platform import actor_of
 
 log = structlog.get_logger(__name__)
 
@@ -109,6 +111,8 @@ class Snapshot:
     local: s.ParticipantView
     participants: list[s.ParticipantView]
     session_sequence: int
+    # participant id -> its published tracks (media.TrackView), when the media plane runs.
+    tracks: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -328,8 +332,11 @@ class Connection:
             if payload.reason != s.LR_MOVED:  # a move between rooms keeps the connection
                 out.append(self._end(payload.reason, self.pending_message))
         elif name in ("ParticipantResumed", "ParticipantJoined"):
-            if envelope.actor.kind != common_pb2.Actor.KIND_PARTICIPANT:
-                return out  # written by a room move, not by another connection
+            actor = envelope.actor
+            if actor.kind != common_pb2.Actor.KIND_PARTICIPANT or actor.id != self.participant_id:
+                # Written by a room move, or by whoever admitted this participant (the first
+                # instructor in, a moderator), not by another connection of this participant.
+                return out
             # Another connection took this participant over.
             out.append(self._end(s.LR_DUPLICATE_IDENTITY, ""))
         elif name == "ParticipantAdmitted" and self.waiting:
@@ -358,6 +365,13 @@ class Connection:
             self.presence.spawn(
                 self.presence.sessions.record_move(self.tenant_id, self.participant_id, room, moved)
             )
+        media = getattr(self.presence, "media", None)
+        # Only a live connection has media (a replay probe has no queue).
+        if media is not None and getattr(self, "queue", None) is not None:
+            if reason == ROOM_ENTERED_ADMITTED:
+                media.peer_moved(self, None, room)
+            elif previous != room:
+                media.peer_moved(self, previous, room)
         # The snapshot is read when the push is sent, so it reflects the room as entered.
         return _PendingRoomEntered(envelope.sequence * 4 + 1, reason, room)
 
@@ -458,6 +472,12 @@ class Presence:
         self.connections: dict[str, Connection] = {}
         self.closing = False
         self._tasks: set[asyncio.Task] = set()
+        # domain.media.MediaDomain (set by the composition root); None without a media plane.
+        self.media = None
+        # domain.transcription.TranscriptionDomain (it registers itself); None without one.
+        self.transcription = None
+        # domain.recordings.RecordingsDomain (set by the composition root); None without one.
+        self.recordings = None
         # participant id -> action id -> the answer sent (replayed for a repeated action id).
         self._answers: dict[str, OrderedDict] = {}
 
@@ -495,6 +515,7 @@ class Presence:
             replay, replay_head = await self._replay(principal, after)
         result = await self.sessions.join(principal, resume_token, len(replay))
         connection = Connection(self, principal, result)
+        connection.manual_subscription = bool(first.args.get("manual_subscription"))
         if not result.resumed and not result.waiting:
             await self._enter_assigned_room(connection)
         if not result.resumed:
@@ -515,6 +536,12 @@ class Presence:
             yield await self._materialize(connection, item)
         self.connections[connection.participant_id] = connection
         await self._attach(connection)
+        if self.media is not None and not connection.waiting:
+            try:
+                await self.media.peer_entered(connection)
+            except Exception:
+                # The room goes on without media; media actions retry the set-up.
+                log.warning("media peer not set up", exc_info=True)
         reader = asyncio.ensure_future(self._read_actions(connection, iterator))
         try:
             while True:
@@ -539,6 +566,10 @@ class Presence:
             self._detach(connection)
             if self.connections.get(connection.participant_id) is connection:
                 del self.connections[connection.participant_id]
+            if self.media is not None:
+                # A dropped connection keeps its media peer for the grace window.
+                grace = 0.0 if connection.closed else result.grace.total_seconds()
+                self.media.peer_left(connection, after=grace)
             if not connection.closed:
                 connection.closed = True
                 # Shielded from the stream's cancellation: the drop must be recorded.
@@ -592,8 +623,17 @@ class Presence:
                 raise FailedPrecondition(
                     "wait until a moderator admits you", reason="PARTICIPANT_WAITING"
                 )
-            created = await self._perform(connection, action)
-            answer: Ack | ActionFailed = Ack(action.action_id, created or "")
+            if action.kind in MEDIA_ACTIONS:
+                if self.media is None:
+                    raise Unavailable(
+                        "this server has no media backend", reason="MEDIA_BACKEND_UNAVAILABLE"
+                    )
+                answer = await self.media.perform(connection, action)
+                if answer is None:
+                    return None  # answered later (PublishTrackResult)
+            else:
+                created = await self._perform(connection, action)
+                answer = Ack(action.action_id, created or "")
         except InvalidArgument as exc:
             # Field paths of the unary request become paths within the action.
             prefix = f"{action.kind}."
@@ -646,6 +686,15 @@ class Presence:
             await sessions.deny(principal, main, a["participant_id"], a.get("message", ""))
         elif kind == "mute_participant":
             await sessions.mute(principal, session_id, a.get("participant_id"), a["sources"])
+            if self.media is not None:
+                target = a.get("participant_id")
+                await self.media.mute_sources(
+                    connection.tenant_id,
+                    session_id,
+                    [target] if target else None,
+                    a["sources"],
+                    actor_of(principal),
+                )
         elif kind == "remove":
             await sessions.remove(
                 principal, main, a["participant_id"], a.get("message", ""), a["block_rejoin"]
@@ -658,6 +707,25 @@ class Presence:
             await sessions.start_session(principal, main)
         elif kind == "end_session":
             await sessions.end_session(principal, main, a.get("message", ""))
+        elif kind in ("start_transcription", "stop_transcription"):
+            # The transcription domain checks MANAGE_MEDIA; the room is the one the
+            # participant is in (a breakout room has its own captions).
+            if self.transcription is None:
+                raise Unavailable(
+                    "this server has no transcription", reason="TRANSCRIPTION_UNAVAILABLE"
+                )
+            if kind == "start_transcription":
+                await self.transcription.start_transcription(principal, session_id, a["options"])
+            else:
+                await self.transcription.stop_transcription(principal, session_id)
+        elif kind in ("start_recording", "stop_recording", "recording_consent"):
+            # The room is the one the participant is in; the recordings domain checks
+            # MANAGE_MEDIA for start and stop, and that a consent answers this room's recording.
+            if self.recordings is None:
+                raise Unavailable(
+                    "this server has no media backend", reason="MEDIA_BACKEND_UNAVAILABLE"
+                )
+            return await self.recordings.perform(connection, action)
         else:
             raise Unimplemented(
                 f"the {kind} action is not available in this release", reason="NOT_YET_AVAILABLE"
@@ -836,7 +904,10 @@ class Presence:
         if local is None:
             p = await self.sessions.participant_for_join(connection.principal)
             local = s.ParticipantView(p, tuple(s.effective_permissions(p, settings)))
-        return Snapshot(view, local, listed, sequence)
+        tracks = {}
+        if self.media is not None and not connection.waiting:
+            tracks = await self.media.tracks_by_participant(connection.tenant_id, room)
+        return Snapshot(view, local, listed, sequence, tracks)
 
     # -- shutdown ----------------------------------------------------------------------------
 

@@ -41,7 +41,10 @@ from .idempotency import IdempotencyKey, run_idempotent
 from .ids import new_id
 from .platform import actor_of
 from .roster import qualification_pairs
+from .scheduling_feeds import FeedTokensMixin, feed_scope
+from .scheduling_matching import MatchingMixin
 from .scheduling_provision import ProvisioningMixin
+from .scheduling_substitutes import SubstitutesMixin
 from .scheduling_time import (
     Interval,
     RuleError,
@@ -421,7 +424,7 @@ def score_candidate(
 # The domain -------------------------------------------------------------------------------------
 
 
-class SchedulingDomain(ProvisioningMixin):
+class SchedulingDomain(ProvisioningMixin, MatchingMixin, SubstitutesMixin, FeedTokensMixin):
     def __init__(
         self,
         db: Database,
@@ -1224,6 +1227,8 @@ class SchedulingDomain(ProvisioningMixin):
             row.update_time = now
             await session.flush()
             await srepo.set_participants(session, row)
+            # Before the timers: a closed session is let go of and a new one provisioned.
+            await self.move_live_session(uow, row)
             await self.schedule_booking_timers(uow, row)
             outcome_name = pb.CutoffOutcome.Name(outcome)
             if row.series_id:
@@ -1287,8 +1292,7 @@ class SchedulingDomain(ProvisioningMixin):
             await self.cancel_booking_timers(uow, row, row.start_time)
             await session.flush()
             await srepo.set_participants(session, row)
-            if self.sessions is not None and row.session_id:
-                pass  # provisioning is not wired yet: there is no session to cancel
+            await self.cancel_live_session(uow, row, reason)
             fields = dict(
                 booking_id=row.id,
                 reason=reason,
@@ -1449,6 +1453,12 @@ class SchedulingDomain(ProvisioningMixin):
             )
             marked_event.start_time.FromDatetime(row.start_time)
             uow.emit(marked_event)
+            if row.instructor_id in person_ids and not row.substituted_instructor_id:
+                policy = (await self._settings(uow.session, row.tenant_id)).get(
+                    "no_show_policy"
+                ) or {}
+                action = int(policy.get("action", 0)) or pb.NO_SHOW_ACTION_PROPOSE_SUBSTITUTE
+                await self.run_no_show_policy(uow, row, action)
             return row
 
     # Series --------------------------------------------------------------------------------
@@ -1801,6 +1811,9 @@ class SchedulingDomain(ProvisioningMixin):
                         one_off=False,
                         field_prefix="series",
                     )
+                    await self._session_instructor(
+                        uow, occ, occ.instructor_id, series.instructor_id
+                    )
                     occ.instructor_id = series.instructor_id
                     occ.assignment = (
                         {
@@ -1868,10 +1881,13 @@ class SchedulingDomain(ProvisioningMixin):
                     waive,
                     "CANCELLATION_CUTOFF_PASSED",
                 )
+            settings = await self._settings(session, tenant)
             for occ in targets:
                 self._mark_cancelled(occ, reason, initiator, outcome)
+                await self.cancel_booking_timers(uow, occ, occ.start_time, settings)
                 await session.flush()
                 await srepo.set_participants(session, occ)
+                await self.cancel_live_session(uow, occ, reason)
             series.state = SERIES_CANCELLED
             series.cancellation = {
                 "reason": reason,
@@ -2007,7 +2023,9 @@ class SchedulingDomain(ProvisioningMixin):
     async def calendar_feed(
         self, principal: Principal, person_id: str, window: Interval | None, include_cancelled: bool
     ) -> str:
-        principal.require(READ)
+        # A calendar feed token reads its own person's feed and nothing else.
+        if not principal.has_scope(feed_scope(person_id)):
+            principal.require(READ)
         now = utcnow()
         window = window or Interval(now - timedelta(days=30), now + timedelta(days=365))
         problems = Violations()

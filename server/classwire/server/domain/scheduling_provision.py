@@ -24,6 +24,7 @@ from ..store.models import LiveSession, SessionInstructor, SessionParticipant
 from ..store.roster_models import RosterGuardianLink
 from ..store.scheduling_models import SchedBooking
 from ..store.types import utcnow
+from .errors import FailedPrecondition
 from .ids import new_id
 from .platform import TenantSettings
 
@@ -90,6 +91,9 @@ class ProvisioningMixin:
                 row.start_time - lead_time(settings),
                 payload,
             )
+        elif row.instructor_id:
+            # A provisioned booking that moved: its no-show check moves with it.
+            await self._schedule_no_show(uow, row, settings)
         now = utcnow()
         for offset in reminder_policy(row, settings).get("offsets", []):
             span = _seconds(offset)
@@ -155,15 +159,101 @@ class ProvisioningMixin:
         event.end_time.FromDatetime(row.end_time)
         uow.emit(event)
         if self.timers is not None and row.instructor_id:
+            await self._schedule_no_show(uow, row)
+
+    async def _schedule_no_show(
+        self, uow: UnitOfWork, row: SchedBooking, settings: dict | None = None
+    ) -> None:
+        if settings is None:
             settings = await self._settings(uow.session, row.tenant_id)
-            grace = _seconds((settings.get("no_show_policy") or {}).get("grace")) or DEFAULT_GRACE
-            await self.timers.schedule(
-                uow,
-                TIMER_NO_SHOW,
-                _key(row, row.start_time),
-                row.start_time + grace,
-                {"b": row.id, "at": row.start_time.isoformat()},
+        grace = _seconds((settings.get("no_show_policy") or {}).get("grace")) or DEFAULT_GRACE
+        await self.timers.schedule(
+            uow,
+            TIMER_NO_SHOW,
+            _key(row, row.start_time),
+            row.start_time + grace,
+            {"b": row.id, "at": row.start_time.isoformat()},
+        )
+
+    # The live session follows its booking -----------------------------------------------
+    #
+    # The sessions domain changes a session only in its own unit of work; a booking's move or
+    # cancellation must change its session in the booking's transaction, so these write the
+    # same rows, events and timers as SessionsDomain.update_session and cancel_session do.
+
+    async def _lock_live(self, uow: UnitOfWork, row: SchedBooking) -> LiveSession | None:
+        if not row.session_id:
+            return None
+        return await repo.lock_live_session(uow.session, row.tenant_id, row.session_id)
+
+    @staticmethod
+    def _refuse_live(live: LiveSession, action: str) -> None:
+        from .sessions import LIVE
+
+        if live.state == LIVE:
+            raise FailedPrecondition(
+                f"the lesson's live session is in progress: end it instead of {action}",
+                reason="SESSION_ALREADY_LIVE",
+                metadata={"session_id": live.id},
             )
+
+    async def _cancel_open_timer(self, uow: UnitOfWork, live: LiveSession) -> None:
+        from .sessions import DEFAULT_JOIN_WINDOW, TIMER_OPEN, SessionSettings
+
+        if self.timers is None:
+            return
+        window = SessionSettings.from_json(live.settings).join_window or DEFAULT_JOIN_WINDOW
+        due = live.scheduled_start_time - window
+        await self.timers.cancel(uow, TIMER_OPEN, f"{live.id}@{due.isoformat()}")
+
+    async def move_live_session(self, uow: UnitOfWork, row: SchedBooking) -> None:
+        """Moves the provisioned session of a rescheduled booking to the booking's new times,
+        with its open timer. A session already closed (ended or cancelled early) stays as it
+        was; the booking lets go of it and is provisioned afresh for its new start."""
+        from .sessions import CANCELLED, ENDED, SCHEDULED, SessionSettings
+
+        live = await self._lock_live(uow, row)
+        if live is None:
+            return
+        self._refuse_live(live, "rescheduling")
+        if live.state in (ENDED, CANCELLED):
+            row.session_id = ""
+            row.provision_time = None
+            return
+        await self._cancel_open_timer(uow, live)
+        now = utcnow()
+        live.scheduled_start_time, live.scheduled_end_time = row.start_time, row.end_time
+        live.update_time = now
+        if live.state == SCHEDULED and self.timers is not None:
+            await self.sessions._schedule_open(uow, live, SessionSettings.from_json(live.settings))
+        event = session_ev.SessionUpdated(title=live.title, capacity=live.capacity)
+        event.update_mask.paths.extend(["scheduled_start_time", "scheduled_end_time"])
+        event.scheduled_start_time.FromDatetime(live.scheduled_start_time)
+        event.scheduled_end_time.FromDatetime(live.scheduled_end_time)
+        uow.emit(event, session_id=live.id, occur_time=now)
+        await uow.session.flush()
+
+    async def cancel_live_session(self, uow: UnitOfWork, row: SchedBooking, reason: str) -> None:
+        """Cancels the provisioned session of a cancelled booking: everyone in its room
+        leaves, and a session not yet open never opens."""
+        from .sessions import CANCELLED, ENDED, LR_SESSION_ENDED, PRESENT
+
+        live = await self._lock_live(uow, row)
+        if live is None:
+            return
+        self._refuse_live(live, "cancelling the booking")
+        if live.state in (ENDED, CANCELLED):
+            return
+        await self._cancel_open_timer(uow, live)
+        now = utcnow()
+        # Announced first, so open connections close with the reason at once.
+        uow.emit(session_ev.SessionCancelled(reason=reason), session_id=live.id, occur_time=now)
+        for p in await repo.participants_list(uow.session, row.tenant_id, live.id, states=PRESENT):
+            await self.sessions._leave(uow, live, p, LR_SESSION_ENDED, now, check_empty=False)
+        live.state = CANCELLED
+        live.end_time = live.update_time = now
+        live.end_message = reason
+        await uow.session.flush()
 
     async def _create_live_session(self, uow: UnitOfWork, row: SchedBooking) -> str:
         """The live session of a booking, created in this unit of work. The sessions domain
@@ -295,3 +385,4 @@ class ProvisioningMixin:
         event.start_time.FromDatetime(row.start_time)
         event.grace.FromTimedelta(grace)
         uow.emit(event)
+        await self.run_no_show_policy(uow, row, action)

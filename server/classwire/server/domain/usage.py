@@ -1,7 +1,7 @@
 """Usage metering per tenant and UTC day (PlatformService.GetUsage).
 
-- API calls: counted in memory per (tenant, UTC day) by `METER.count()` and added to the
-  `usage_days` rollup by a background flush, so the hot path never writes to the database.
+- API calls: counted in memory per (tenant, UTC day) by the platform's `ApiCallMeter` and added
+  to the `usage_days` rollup by a background flush, so the hot path never writes to the database.
   The count is fed by the RPC interceptor (one call per authenticated RPC); counts not yet
   flushed when a process is killed are lost (at most one flush interval).
 - Session minutes (wall-clock minutes with at least one main session live, overlaps counted
@@ -71,10 +71,6 @@ class ApiCallMeter:
                 await self.flush(db)
 
 
-# One per process: the interceptor counts into it without knowing the platform.
-METER = ApiCallMeter()
-
-
 @dataclass
 class UsageDayView:
     day: datetime
@@ -111,7 +107,7 @@ def _union(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datet
 
 
 class UsageDomain:
-    def __init__(self, db: Database, meter: ApiCallMeter = METER) -> None:
+    def __init__(self, db: Database, meter: ApiCallMeter) -> None:
         self.db = db
         self.meter = meter
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from google.protobuf import json_format
 
@@ -26,6 +27,7 @@ from classwire.api.roster.v1 import resources_pb2 as roster_pb
 from ..events.catalogue import unwrap
 from ..events.outbox import UnitOfWork
 from ..store import notification_repositories as repo
+from ..store import scheduling_repositories as scheduling_repo
 from ..store.types import utcnow
 from .errors import FieldViolation, InvalidArgument, NotFound, Violations
 from .notifications import NoticeRequest, display_name
@@ -307,6 +309,46 @@ async def instructor_no_show(run: Run, event: sev.InstructorNoShowDetected) -> l
     ]
 
 
+async def substitute_assigned(run: Run, event: sev.SubstituteAssigned) -> list[NoticeRequest]:
+    booking = await scheduling_repo.booking(run.session, run.tenant_id, event.booking_id)
+    people = await repo.people(
+        run.session,
+        run.tenant_id,
+        [event.substitute_instructor_id, event.absent_instructor_id],
+    )
+    substitute = people.get(event.substitute_instructor_id)
+    absent = people.get(event.absent_instructor_id)
+    if booking is None or substitute is None:
+        return []
+    # The lesson's time in the substitute's own zone, since they are the one to turn up.
+    zone_name = substitute.time_zone or "UTC"
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone_name, zone = "UTC", ZoneInfo("UTC")
+    variables = {
+        "title": booking.title or booking.subject or "the lesson",
+        "start_time": booking.start_time.astimezone(zone).strftime("%Y-%m-%d %H:%M"),
+        "time_zone": zone_name,
+        "absent_instructor_name": display_name(absent) or "the regular instructor",
+        "booking_id": event.booking_id,
+        "session_id": event.session_id,
+    }
+    return [
+        run.notice(
+            event.substitute_instructor_id,
+            f"substitute_assignment:{event.booking_id}:{event.substitute_instructor_id}",
+            C.NOTIFICATION_CAUSE_SUBSTITUTE_REQUEST,
+            "substitute_assignment",
+            variables=variables,
+            session_id=event.session_id,
+            # Useless once the lesson is over; often needed at short notice.
+            expire_time=booking.end_time,
+            urgent=bool(run.settings.get("ignore_quiet_hours", True)),
+        )
+    ]
+
+
 async def low_engagement(run: Run, event: dev.EngagementFlagRaised) -> list[NoticeRequest]:
     learner = (
         await repo.people_by_identity(run.session, run.tenant_id, {event.learner_identity})
@@ -379,6 +421,16 @@ BUILTINS: dict[str, BuiltinWorkflow] = {
                 **_CONSENT,
                 **_STAFF,
                 "ignore_quiet_hours": Setting("boolean", True, "alert even during quiet hours"),
+            },
+        ),
+        BuiltinWorkflow(
+            "substitute_assigned",
+            "Tells the substitute instructor of the lesson they now teach (on SubstituteAssigned).",
+            sev.SubstituteAssigned,
+            substitute_assigned,
+            {
+                **_CONSENT,
+                "ignore_quiet_hours": Setting("boolean", True, "notify even during quiet hours"),
             },
         ),
         BuiltinWorkflow(

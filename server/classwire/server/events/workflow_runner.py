@@ -37,6 +37,7 @@ from ..plugins.types import (
 from ..store import notification_repositories as repo
 from ..store.types import utcnow
 from .catalogue import is_event_type, unwrap
+from .log_follower import LogFollower
 from .outbox import UnitOfWork, system_actor
 
 log = structlog.get_logger(__name__)
@@ -115,7 +116,9 @@ class PluginContext:
         )
 
 
-class WorkflowRunner:
+class WorkflowRunner(LogFollower):
+    label = "workflow runner"
+
     def __init__(
         self,
         platform,
@@ -142,7 +145,7 @@ class WorkflowRunner:
         # Plugin workflows by name: (plugin, provider).
         self.plugin_workflows: dict[str, tuple[str, Any]] = {}
         self._failures: dict[tuple[str, int], int] = {}
-        self._wake = asyncio.Event()
+        super().__init__()
         if self.timers is not None:
             self.timers.register(EMIT_TIMER, self._fire_emit)
 
@@ -152,45 +155,14 @@ class WorkflowRunner:
             for name, (plugin, provider) in sorted(self.plugin_workflows.items())
         ]
 
-    def wake(self) -> None:
-        self._wake.set()
-
     async def _fire_emit(self, timer, uow: UnitOfWork) -> None:
         uow.emit(_message_for(timer.payload["type"], timer.payload["data"]))
 
     # -- the loop ---------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        try:
-            while True:
-                try:
-                    heads = await self.run_once()
-                    await self._sleep(heads)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("workflow runner pass failed")
-                    await asyncio.sleep(self.poll_interval)
-        finally:
-            with contextlib.suppress(Exception):
-                async with self.db.writer() as session, session.begin():
-                    await repo.release_cursors(session, self.owner)
-
-    async def _sleep(self, heads: dict[str, int]) -> None:
-        self._wake.clear()
-        waits = [asyncio.ensure_future(self._wake.wait())]
-        for tenant_id, head in list(heads.items())[:100]:
-            waits.append(
-                asyncio.ensure_future(self.wakeups.wait(tenant_id, head, self.poll_interval))
-            )
-        try:
-            await asyncio.wait(waits, timeout=self.poll_interval, return_when="FIRST_COMPLETED")
-        finally:
-            for task in waits:
-                task.cancel()
-            for task in waits:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    async def release_all(self) -> None:
+        async with self.db.writer() as session, session.begin():
+            await repo.release_cursors(session, self.owner)
 
     async def run_once(self) -> dict[str, int]:
         """One pass over every tenant with new events; returns the log heads to wait on."""

@@ -49,8 +49,9 @@ def _created_endpoint(result) -> api.CreateWebhookEndpointResponse:
 
 
 class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
-    def __init__(self, domain: PlatformDomain) -> None:
+    def __init__(self, domain: PlatformDomain, usage: UsageDomain) -> None:
         self.domain = domain
+        self.usage = usage
 
     async def CreateTenant(self, request, context):
         caller = principal()
@@ -234,7 +235,7 @@ class PlatformHandler(service_pb2_grpc.PlatformServiceServicer):
         return api.RedeliverWebhookResponse(delivery=delivery_conv.delivery_to_proto(view))
 
     async def GetUsage(self, request, context):
-        days = await UsageDomain(self.domain.db).get_usage(
+        days = await self.usage.get_usage(
             principal(),
             time_or_none(request, "start_time"),
             time_or_none(request, "end_time"),

@@ -3,6 +3,7 @@ SchedulingHandler.IMPLEMENTED still answer UNIMPLEMENTED."""
 
 from __future__ import annotations
 
+from classwire.api.scheduling.v1 import resources_pb2 as pb
 from classwire.api.scheduling.v1 import service_pb2 as api
 from classwire.api.scheduling.v1 import service_pb2_grpc
 
@@ -71,6 +72,18 @@ class SchedulingHandler:
         "CancelSeries",
         "GetCalendarFeed",
         "ProvisionSession",
+        "MatchInstructor",
+        "AssignInstructor",
+        "UnassignInstructor",
+        "AssignInstructors",
+        "GetAssignmentPlan",
+        "ApplyAssignmentPlan",
+        "ProposeSubstitute",
+        "AssignSubstitute",
+        "GetSubstituteProposal",
+        "CreateCalendarFeedToken",
+        "ListCalendarFeedTokens",
+        "DeleteCalendarFeedToken",
     )
 
     def __init__(self, domain: d.SchedulingDomain) -> None:
@@ -379,6 +392,204 @@ class SchedulingHandler:
         )
         return api.GetCalendarFeedResponse(ics=ics, content_type="text/calendar; charset=utf-8")
 
+    # Matching ----------------------------------------------------------------------------------
+
+    async def MatchInstructor(self, request, context):
+        target = request.WhichOneof("target")
+        result, matcher = await self.domain.match_instructor(
+            principal(),
+            conv.ref_from_proto(request.booking) if target == "booking" else None,
+            conv.booking_from_proto(request.prospective_booking)
+            if target == "prospective_booking"
+            else None,
+            conv.match_options_from_proto(request),
+            request.max_alternatives,
+            request.include_ineligible,
+        )
+        out = api.MatchInstructorResponse(matcher=matcher)
+        if result.instructor_id:
+            out.chosen.CopyFrom(conv.match_candidate_to_proto(result, rank=1))
+        out.alternatives.extend(
+            conv.match_candidate_to_proto(c, rank=i + 2) for i, c in enumerate(result.alternatives)
+        )
+        out.ineligible.extend(conv.match_candidate_to_proto(c, rank=0) for c in result.ineligible)
+        return out
+
+    async def AssignInstructor(self, request, context):
+        principal().require(d.WRITE)
+        target = request.WhichOneof("target")
+        choice = request.WhichOneof("choice")
+        problems = []
+        if target is None:
+            problems.append(FieldViolation("target", "name a booking or a series"))
+        if choice is None:
+            problems.append(FieldViolation("choice", "name an instructor or match options"))
+        if problems:
+            raise InvalidArgument(problems)
+        row, explanation = await self.domain.assign_instructor(
+            principal(),
+            conv.ref_from_proto(request.booking) if target == "booking" else None,
+            request.series_id if target == "series_id" else "",
+            request.instructor_id if choice == "instructor_id" else "",
+            conv.match_options_from_proto(request) if choice == "match" else None,
+            request.reason,
+        )
+        out = api.AssignInstructorResponse()
+        if target == "series_id":
+            out.series.CopyFrom(conv.series_to_proto(row))
+        else:
+            out.booking.CopyFrom(conv.booking_to_proto(row))
+        if explanation:
+            out.explanation.CopyFrom(conv.explanation_to_proto(explanation))
+        return out
+
+    async def UnassignInstructor(self, request, context):
+        principal().require(d.WRITE)
+        target = request.WhichOneof("target")
+        if target is None:
+            raise InvalidArgument(FieldViolation("target", "name a booking or a series"))
+        row = await self.domain.unassign_instructor(
+            principal(),
+            conv.ref_from_proto(request.booking) if target == "booking" else None,
+            request.series_id if target == "series_id" else "",
+            request.reason,
+        )
+        if target == "series_id":
+            return api.UnassignInstructorResponse(series=conv.series_to_proto(row))
+        return api.UnassignInstructorResponse(booking=conv.booking_to_proto(row))
+
+    async def AssignInstructors(self, request, context):
+        caller = principal()
+        caller.require(d.WRITE)
+        scope = request.WhichOneof("scope")
+        selection = request.selection
+
+        def convert(row):
+            return api.AssignInstructorsResponse(plan=conv.plan_to_proto(row))
+
+        key = _key("AssignInstructors", request, api.AssignInstructorsResponse, convert)
+        window = conv.interval(selection, "window") if scope == "selection" else None
+        if scope == "selection" and window is None:
+            raise InvalidArgument(FieldViolation("selection.window", "is required"))
+        result = await self.domain.assign_instructors(
+            caller,
+            booking_ids=list(request.bookings.booking_ids) if scope == "bookings" else None,
+            window=window,
+            class_ids=list(selection.class_ids),
+            subjects=list(selection.subjects),
+            include_assigned=request.include_assigned,
+            apply=request.mode == pb.ASSIGNMENT_MODE_APPLY,
+            options=conv.match_options_from_proto(request),
+            time_limit=request.time_limit.ToTimedelta() if request.HasField("time_limit") else None,
+            key=key,
+        )
+        return respond(result, api.AssignInstructorsResponse, convert)
+
+    async def GetAssignmentPlan(self, request, context):
+        row = await self.domain.get_plan(principal(), request.plan_id)
+        return api.GetAssignmentPlanResponse(plan=conv.plan_to_proto(row))
+
+    async def ApplyAssignmentPlan(self, request, context):
+        caller = principal()
+        caller.require(d.WRITE)
+
+        def convert(row):
+            return api.ApplyAssignmentPlanResponse(plan=conv.plan_to_proto(row))
+
+        key = _key("ApplyAssignmentPlan", request, api.ApplyAssignmentPlanResponse, convert)
+        result = await self.domain.apply_plan(caller, request.plan_id, key)
+        return respond(result, api.ApplyAssignmentPlanResponse, convert)
+
+    # Substitutes -------------------------------------------------------------------------------
+
+    async def ProposeSubstitute(self, request, context):
+        row = await self.domain.propose_substitute(
+            principal(),
+            conv.ref_from_proto(request.booking),
+            conv.match_options_from_proto(request),
+            request.max_candidates,
+        )
+        return api.ProposeSubstituteResponse(proposal=conv.proposal_to_proto(row))
+
+    async def AssignSubstitute(self, request, context):
+        choice = request.WhichOneof("choice")
+        row = await self.domain.assign_substitute(
+            principal(),
+            conv.ref_from_proto(request.booking),
+            instructor_id=request.instructor_id if choice == "instructor_id" else "",
+            proposal_id=request.proposal_id if choice == "proposal_id" else "",
+            options=conv.match_options_from_proto(request) if choice == "match" else None,
+            reason=request.reason,
+        )
+        return api.AssignSubstituteResponse(booking=conv.booking_to_proto(row))
+
+    async def GetSubstituteProposal(self, request, context):
+        row = await self.domain.get_proposal(principal(), request.proposal_id)
+        return api.GetSubstituteProposalResponse(proposal=conv.proposal_to_proto(row))
+
+    # Calendar feed tokens ----------------------------------------------------------------------
+
+    async def CreateCalendarFeedToken(self, request, context):
+        caller = principal()
+        caller.require(d.WRITE)
+        base = self.domain.public_base_url
+
+        def convert(result):
+            row, secret = result
+            return api.CreateCalendarFeedTokenResponse(
+                token=conv.feed_token_to_proto(row, secret, base)
+            )
+
+        def strip(response):
+            # Only a hash of the secret is kept: a retry returns the token without it.
+            response.token.token = ""
+            response.token.url = ""
+
+        key = key_for(
+            f"{SERVICE}/CreateCalendarFeedToken",
+            request,
+            api.CreateCalendarFeedTokenResponse,
+            to_response=convert,
+            from_response=lambda m: m,
+            strip=strip,
+        )
+        result = await self.domain.create_feed_token(caller, request.person_id, request.label, key)
+        return respond(result, api.CreateCalendarFeedTokenResponse, convert)
+
+    async def ListCalendarFeedTokens(self, request, context):
+        rows, token = await self.domain.list_feed_tokens(
+            principal(), request.person_id, request.page_size, request.page_token
+        )
+        return api.ListCalendarFeedTokensResponse(
+            tokens=[conv.feed_token_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def DeleteCalendarFeedToken(self, request, context):
+        await self.domain.delete_feed_token(principal(), request.token_id)
+        return api.DeleteCalendarFeedTokenResponse()
+
+
+def _matcher_factory(platform):
+    """Creates matcher providers by name through the plugin manager; each is closed with the
+    platform's other providers."""
+    config = platform.config
+
+    def create(name: str):
+        if name not in platform.plugins.names("matcher"):
+            raise LookupError(name)
+        provider = platform.plugins.create(
+            "matcher",
+            name,
+            data_dir=config.data_dir,
+            database_url=config.effective_database_url,
+            options=config.provider_options.get(name, {}),
+            key=config.provider_keys.get("matcher", "providers.matcher"),
+        )
+        platform.providers[f"matcher:{name}"] = provider
+        return provider
+
+    return create
+
 
 def scheduling_servicer(platform) -> object:
     """The servicer, built from the composition root's Platform (db, uow, timers, ...)."""
@@ -387,7 +598,16 @@ def scheduling_servicer(platform) -> object:
         platform.uow,
         getattr(platform, "timers", None),
         getattr(platform, "sessions", None),
+        matcher_factory=_matcher_factory(platform) if hasattr(platform, "plugins") else None,
     )
+    config = getattr(platform, "config", None)
+    if config is not None:
+        domain.default_matcher = config.providers.get("matcher", "") or "cpsat"
+    authenticator = getattr(platform, "authenticator", None)
+    if authenticator is not None and hasattr(authenticator, "verifiers"):
+        from ..domain.scheduling_feeds import FEED_TOKEN_PREFIX
+
+        authenticator.verifiers[FEED_TOKEN_PREFIX] = domain.authenticate_feed_token
     if domain.timers is not None:
         # Before the runner starts (the factory runs while the server is assembled).
         domain.register_timers(domain.timers)

@@ -104,6 +104,16 @@ def classwire_register_workflows(register: Register) -> None:
 
 
 @hookspec
+def classwire_register_learning_record_stores(register: Register) -> None:
+    """Register Learning Record Stores that xAPI statements are pushed to.
+
+    :param register: ``register(name, factory, *, description="")``; ``factory(context)``
+        returns a :class:`~classwire.server.plugins.types.LearningRecordStore`.
+    :return: nothing; the return value is ignored. Not firstresult: every implementation runs.
+    """
+
+
+@hookspec
 def classwire_register_event_handlers(register: RegisterEventHandler) -> None:
     """Register observers of committed events (audit sinks, metrics, cache invalidation).
 

@@ -36,6 +36,7 @@ from classwire.server.plugins.types import (
     Event,
     EventBus,
     EventHandler,
+    LearningRecordStore,
     Matcher,
     MediaBackend,
     NotificationChannel,
@@ -80,6 +81,7 @@ HOOK_FOR_KIND: Mapping[ProviderKind, str] = MappingProxyType(
         ProviderKind.MATCHER: "classwire_register_matchers",
         ProviderKind.SUMMARIZER: "classwire_register_summarizers",
         ProviderKind.WORKFLOW: "classwire_register_workflows",
+        ProviderKind.LEARNING_RECORD_STORE: "classwire_register_learning_record_stores",
     }
 )
 
@@ -93,6 +95,7 @@ INTERFACE_FOR_KIND: Mapping[ProviderKind, type] = MappingProxyType(
         ProviderKind.MATCHER: Matcher,
         ProviderKind.SUMMARIZER: Summarizer,
         ProviderKind.WORKFLOW: Workflow,
+        ProviderKind.LEARNING_RECORD_STORE: LearningRecordStore,
     }
 )
 

@@ -43,6 +43,7 @@ __all__ = [
     "InvalidBlobKeyError",
     "InvalidChannelError",
     "InvalidSdpError",
+    "LearningRecordStore",
     "LessonRequest",
     "MatchAssignment",
     "MatchExplanation",
@@ -53,6 +54,8 @@ __all__ = [
     "MatchStatus",
     "ConstraintCheck",
     "ScoreTerm",
+    "StatementOutcome",
+    "StatementResult",
     "DEFAULT_MATCH_WEIGHTS",
     "MATCH_TERMS",
     "MediaBackend",
@@ -61,6 +64,7 @@ __all__ = [
     "NotificationChannel",
     "NotificationMessage",
     "PeerNotFoundError",
+    "PeerRole",
     "PeerSignal",
     "PeerStateChanged",
     "Provider",
@@ -187,6 +191,7 @@ class ProviderKind(enum.StrEnum):
     MATCHER = "matcher"
     SUMMARIZER = "summarizer"
     WORKFLOW = "workflow"
+    LEARNING_RECORD_STORE = "learning_record_store"
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +448,10 @@ class EventBus(Provider):
 
 TrackKind = Literal["audio", "video"]
 TrackSource = Literal["microphone", "camera", "screen", "screen_audio", "unknown"]
+PeerRole = Literal["publisher", "subscriber"]
+"""Each participant has two peer connections: on the ``publisher`` one the participant offers
+and the backend answers; on the ``subscriber`` one the backend offers (through a PeerSignal) and
+the participant answers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,11 +464,15 @@ class SessionDescription:
 
 @dataclass(frozen=True, slots=True)
 class IceCandidate:
-    """A trickled ICE candidate; ``candidate == ""`` means end of candidates."""
+    """A trickled ICE candidate; ``candidate == ""`` means end of candidates.
+
+    :ivar role: which of the participant's two peer connections the candidate belongs to.
+    """
 
     candidate: str
     sdp_mid: str | None = None
     sdp_mline_index: int | None = None
+    role: PeerRole = "publisher"
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,7 +494,12 @@ class RoomInfo:
 
 @dataclass(frozen=True, slots=True)
 class TrackInfo:
-    """A published track. Codecs are strings (AIP-126), e.g. ``"opus"``, ``"VP8"``."""
+    """A published track. Codecs are strings (AIP-126), e.g. ``"opus"``, ``"VP8"``.
+
+    :ivar client_track_id: the publisher's own id for the track, the track id of the SDP
+        ``a=msid:<stream> <track>`` line (``MediaStreamTrack.id``); the server matches it with
+        the client's ``TrackPublication.client_track_id``.
+    """
 
     track_id: str
     peer_id: str
@@ -489,12 +507,17 @@ class TrackInfo:
     source: TrackSource = "unknown"
     codec: str = ""
     muted: bool = False
+    client_track_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class PeerSignal:
     """Something the backend needs sent to a participant: a server offer (renegotiation when
-    tracks come and go) or a server ICE candidate."""
+    tracks come and go) or a server ICE candidate.
+
+    ``description`` is always a server OFFER for the participant's subscriber connection;
+    ``candidate.role`` names the connection a candidate belongs to.
+    """
 
     room_id: str
     peer_id: str
@@ -578,6 +601,12 @@ class MediaBackend(Provider):
     What it needs sent to them, and what happens to tracks, it reports to the ``events`` sink
     given to :meth:`create_room`. Bad SDP or candidates raise :class:`InvalidSdpError` and affect
     only that peer.
+
+    Each participant (peer id = participant id) has two peer connections (:data:`PeerRole`):
+    the publisher connection, which the participant offers (:meth:`publish`), and the subscriber
+    connection, which the backend offers through a :class:`PeerSignal` and the participant
+    answers (:meth:`set_remote_description`). The room id is the session id of the room the
+    participant is in (the main room or a breakout).
     """
 
     @abc.abstractmethod
@@ -595,29 +624,44 @@ class MediaBackend(Provider):
         """Current peers and tracks. Raises RoomNotFoundError."""
 
     @abc.abstractmethod
-    async def add_peer(
+    async def add_peer(self, room_id: str, peer_id: str) -> None:
+        """Register a participant, without media yet. Idempotent. Raises RoomNotFoundError."""
+
+    @abc.abstractmethod
+    async def publish(
         self, room_id: str, peer_id: str, offer: SessionDescription
     ) -> SessionDescription:
-        """Connect a participant: take its offer (with the tracks it publishes), return the
-        answer. Also used for client-initiated renegotiation of an existing peer."""
+        """Take the participant's publisher-connection offer (the first one or a
+        renegotiation) and return the answer.
+
+        New tracks in the offer are reported as TrackPublished (with ``client_track_id``),
+        removed ones as TrackUnpublished. Malformed SDP or no supported codec raise
+        InvalidSdpError; the peer keeps its previous state and the room goes on. Raises
+        PeerNotFoundError and RoomNotFoundError."""
 
     @abc.abstractmethod
     async def set_remote_description(
         self, room_id: str, peer_id: str, description: SessionDescription
     ) -> None:
-        """Apply a participant's answer to a server offer sent through a PeerSignal."""
+        """Apply the participant's answer to the latest subscriber offer sent through a
+        PeerSignal. Raises PeerNotFoundError and InvalidSdpError."""
 
     @abc.abstractmethod
     async def add_ice_candidate(self, room_id: str, peer_id: str, candidate: IceCandidate) -> None:
-        """Trickle a participant's ICE candidate to its peer connection."""
+        """Trickle a participant's ICE candidate to the connection ``candidate.role`` names;
+        ``""`` ends the candidates. Raises PeerNotFoundError and InvalidSdpError."""
 
     @abc.abstractmethod
     async def subscribe(self, room_id: str, peer_id: str, track_id: str) -> None:
-        """Forward ``track_id`` to ``peer_id`` (may emit a PeerSignal for renegotiation)."""
+        """Forward ``track_id`` to ``peer_id``. The backend (re)offers the subscriber
+        connection through a PeerSignal, possibly one offer for several quick changes. A new
+        video subscriber gets a keyframe (the backend asks the publisher with a PLI). Raises
+        PeerNotFoundError and TrackNotFoundError."""
 
     @abc.abstractmethod
     async def unsubscribe(self, room_id: str, peer_id: str, track_id: str) -> None:
-        """Stop forwarding ``track_id`` to ``peer_id``."""
+        """Stop forwarding ``track_id`` to ``peer_id`` (renegotiates like ``subscribe``).
+        Raises PeerNotFoundError and TrackNotFoundError."""
 
     @abc.abstractmethod
     async def set_track_muted(self, room_id: str, track_id: str, muted: bool) -> None:
@@ -625,7 +669,8 @@ class MediaBackend(Provider):
 
     @abc.abstractmethod
     async def close_peer(self, room_id: str, peer_id: str) -> None:
-        """Disconnect a participant; its tracks end for subscribers. Idempotent."""
+        """Disconnect a participant; its tracks end for subscribers (TrackUnpublished with
+        reason ``peer_left``). Idempotent."""
 
     @abc.abstractmethod
     def audio_tap(
@@ -639,7 +684,8 @@ class MediaBackend(Provider):
         self, room_id: str, track_ids: Sequence[str], *, format: RecordingFormat = "webm"
     ) -> AsyncIterator[bytes]:
         """A playable container of the given tracks as a byte stream, suitable for
-        ``BlobStore.put``; ends (finalized) when the tracks end or the iterator is closed."""
+        ``BlobStore.put``: encoded packets remuxed, not re-encoded, where the codec allows.
+        Ends (finalized) when the tracks end or the iterator is closed."""
 
     @abc.abstractmethod
     async def stats(self, room_id: str) -> Sequence[TrackStats]:
@@ -755,6 +801,59 @@ class NotificationChannel(Provider):
 
     @abc.abstractmethod
     async def send(self, message: NotificationMessage) -> DeliveryResult: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Learning Record Stores (xAPI)
+# --------------------------------------------------------------------------------------------
+
+
+class StatementOutcome(enum.StrEnum):
+    STORED = "stored"
+    """The LRS stored the statement now."""
+    ALREADY_STORED = "already_stored"
+    """The LRS already held a statement with this id (a retry): nothing was stored twice."""
+    REJECTED = "rejected"
+    """Permanent: the LRS refused the statement (invalid, or a different statement holds the
+    id). Sending it again changes nothing."""
+    FAILED = "failed"
+    """Temporary: the LRS did not answer or could not take it now. Send it again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatementResult:
+    """What became of one statement. ``reason`` is UPPER_SNAKE_CASE for REJECTED and FAILED
+    (``LRS_REJECTED``, ``LRS_CONFLICT``, ``LRS_UNAVAILABLE``, ``LRS_UNAUTHORIZED``)."""
+
+    statement_id: str
+    outcome: StatementOutcome
+    reason: str = ""
+    detail: str = ""
+
+
+class LearningRecordStore(Provider):
+    """Stores xAPI 1.0.3 statements in a Learning Record Store.
+
+    Statements arrive as JSON objects that always carry an ``id``; the host derives the ids from
+    the events, so the same statement is always sent with the same id and a retry is harmless.
+    Delivery problems are results, not exceptions: an unreachable LRS gives FAILED results (the
+    host retries later), a refused statement REJECTED. Exceptions are reserved for bugs.
+
+    :ivar max_batch: the most statements the host passes to one ``store`` call.
+    """
+
+    max_batch: int = 100
+
+    @abc.abstractmethod
+    async def store(self, statements: Sequence[Mapping[str, Any]]) -> Sequence[StatementResult]:
+        """Store ``statements``; one result per statement, in the same order."""
+
+    @abc.abstractmethod
+    async def get(self, statement_id: str) -> Mapping[str, Any] | None:
+        """The stored statement with this id as the LRS returns it, or None when it has none.
+
+        :raises ProviderError: only when the LRS cannot be read (not for a missing statement).
+        """
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from prometheus_client import Counter, Histogram
 from ..domain.auth import RateLimiter
 from ..domain.authenticate import Authenticator
 from ..domain.errors import DomainError
-from ..domain.usage import METER
+from ..domain.usage import ApiCallMeter
 from . import context
 from .errors import internal_status, to_status
 
@@ -53,9 +53,12 @@ class _Call:
 
 
 class ClasswireInterceptor(aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator, limiter: RateLimiter) -> None:
+    def __init__(
+        self, authenticator: Authenticator, limiter: RateLimiter, meter: ApiCallMeter
+    ) -> None:
         self.authenticator = authenticator
         self.limiter = limiter
+        self.meter = meter
         self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
         # Calls whose handler is still running: shutdown waits for them to unwind before the
         # database and providers close underneath.
@@ -145,7 +148,7 @@ class ClasswireInterceptor(aio.ServerInterceptor):
         )
         context.set_principal(None)
         if call.tenant:
-            METER.count(call.tenant)  # usage metering: API calls per tenant and day
+            self.meter.count(call.tenant)  # usage metering: API calls per tenant and day
 
     # -- wrappers per call type -------------------------------------------------------------
 

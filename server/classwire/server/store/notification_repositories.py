@@ -12,7 +12,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import AttendanceInterval, Event, EventCounter, LiveSession, SessionParticipant
+from . import log_cursors
+from . import repositories as core_repo
+from .models import AttendanceInterval, LiveSession, SessionParticipant
 from .notification_models import (
     NotificationRow,
     NotificationTemplateRow,
@@ -207,26 +209,15 @@ async def add_effect(session: AsyncSession, tenant_id: str, key: str, now: datet
     return result.rowcount == 1
 
 
-async def tenant_heads(session: AsyncSession) -> dict[str, int]:
-    query = select(EventCounter.tenant_id, EventCounter.last_sequence).where(
-        EventCounter.stream == ""
-    )
-    return {tenant: head for tenant, head in (await session.execute(query)).all()}
+tenant_heads = log_cursors.tenant_heads
 
 
 async def ensure_cursors(session: AsyncSession, tenant_ids: Collection[str]) -> None:
-    if not tenant_ids:
-        return
-    await session.execute(
-        _insert(session)(WorkflowCursor)
-        .values([{"tenant_id": t, "last_sequence": 0} for t in tenant_ids])
-        .on_conflict_do_nothing()
-    )
+    await log_cursors.ensure(session, WorkflowCursor, tenant_ids)
 
 
 async def cursors(session: AsyncSession) -> dict[str, int]:
-    rows = await session.execute(select(WorkflowCursor.tenant_id, WorkflowCursor.last_sequence))
-    return {tenant: seq for tenant, seq in rows.all()}
+    return await log_cursors.positions(session, WorkflowCursor)
 
 
 async def claim_cursors(
@@ -238,45 +229,18 @@ async def claim_cursors(
     exclude: Collection[str] = (),
 ) -> list[str]:
     """Leases tenants whose log has moved past their workflow cursor."""
-    query = (
-        select(WorkflowCursor.tenant_id)
-        .join(
-            EventCounter,
-            and_(EventCounter.tenant_id == WorkflowCursor.tenant_id, EventCounter.stream == ""),
-        )
-        .where(
-            or_(WorkflowCursor.lease_until.is_(None), WorkflowCursor.lease_until < now),
-            EventCounter.last_sequence > WorkflowCursor.last_sequence,
-        )
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=WorkflowCursor)
+    where = [WorkflowCursor.tenant_id.not_in(list(exclude))] if exclude else []
+    return await log_cursors.claim(
+        session, WorkflowCursor, owner, now, lease_until, limit, where=where
     )
-    if exclude:
-        query = query.where(WorkflowCursor.tenant_id.not_in(list(exclude)))
-    ids = list((await session.scalars(query)).all())
-    if ids:
-        await session.execute(
-            update(WorkflowCursor)
-            .where(WorkflowCursor.tenant_id.in_(ids))
-            .values(lease_owner=owner, lease_until=lease_until)
-        )
-    return ids
 
 
 async def owned_cursor(session: AsyncSession, tenant_id: str, owner: str) -> WorkflowCursor | None:
-    return await session.scalar(
-        select(WorkflowCursor)
-        .where(WorkflowCursor.tenant_id == tenant_id, WorkflowCursor.lease_owner == owner)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    return await log_cursors.owned(session, WorkflowCursor, tenant_id, owner)
 
 
 async def release_cursors(session: AsyncSession, owner: str, tenant_id: str = "") -> None:
-    query = update(WorkflowCursor).where(WorkflowCursor.lease_owner == owner)
-    if tenant_id:
-        query = query.where(WorkflowCursor.tenant_id == tenant_id)
-    await session.execute(query.values(lease_owner=None, lease_until=None))
+    await log_cursors.release(session, WorkflowCursor, owner, tenant_id)
 
 
 async def set_cursor(session: AsyncSession, tenant_id: str, sequence: int) -> None:
@@ -287,16 +251,8 @@ async def set_cursor(session: AsyncSession, tenant_id: str, sequence: int) -> No
     )
 
 
-async def events_after(
-    session: AsyncSession, tenant_id: str, after: int, limit: int
-) -> list[Event]:
-    query = (
-        select(Event)
-        .where(Event.tenant_id == tenant_id, Event.sequence > after)
-        .order_by(Event.sequence)
-        .limit(limit)
-    )
-    return list((await session.scalars(query)).all())
+# The whole tenant log after a cursor (no filters), as the event-log API reads it.
+events_after = core_repo.events_after
 
 
 # -- roster and session reads ---------------------------------------------------------------------

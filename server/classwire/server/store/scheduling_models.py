@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .models import Base
@@ -162,7 +162,72 @@ class SchedBookingPerson(Base):
     end_time: Mapped[datetime]
 
 
+class SchedAssignmentPlan(Base):
+    """A bulk assignment plan. `assignments` holds, per booking, the instructor chosen, the one
+    before, the explanation and the booking version the plan was computed against;
+    `person_versions` the person-lock versions of every instructor it relies on, so applying
+    refuses a plan once anything it read has changed."""
+
+    __tablename__ = "sched_assignment_plans"
+    __table_args__ = (Index("ix_sched_assignment_plans_list", "tenant_id", "create_time"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = _tenant()
+    state: Mapped[int] = mapped_column(Integer)
+    matcher: Mapped[str] = mapped_column(String(100))
+    status: Mapped[int] = mapped_column(Integer)
+    objective: Mapped[float] = mapped_column(Float)
+    best_bound: Mapped[float] = mapped_column(Float)
+    gap: Mapped[float] = mapped_column(Float)
+    solve_seconds: Mapped[float] = mapped_column(Float)
+    assignments: Mapped[list[Any]] = mapped_column(JSON)
+    person_versions: Mapped[dict[str, Any]] = mapped_column(JSON)
+    assigned_count: Mapped[int] = mapped_column(Integer)
+    unassigned_count: Mapped[int] = mapped_column(Integer)
+    changed_count: Mapped[int] = mapped_column(Integer)
+    create_time: Mapped[datetime]
+    apply_time: Mapped[datetime | None]
+    expire_time: Mapped[datetime]
+
+
+class SchedSubstituteProposal(Base):
+    __tablename__ = "sched_substitute_proposals"
+    __table_args__ = (Index("ix_sched_substitute_proposals_booking", "tenant_id", "booking_id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = _tenant()
+    booking_id: Mapped[str] = mapped_column(ForeignKey("sched_bookings.id", ondelete="CASCADE"))
+    absent_instructor_id: Mapped[str] = mapped_column(String(64))
+    candidates: Mapped[list[Any]] = mapped_column(JSON)
+    matcher: Mapped[str] = mapped_column(String(100))
+    state: Mapped[int] = mapped_column(Integer)
+    assigned_instructor_id: Mapped[str] = mapped_column(String(64), default="")
+    create_time: Mapped[datetime]
+
+
+class SchedFeedToken(Base):
+    """A calendar feed token: only the SHA-256 of its secret is kept (the secret is 256
+    random bits, so a plain hash cannot be brute-forced)."""
+
+    __tablename__ = "sched_feed_tokens"
+    __table_args__ = (
+        UniqueConstraint("secret_hash", name="uq_sched_feed_tokens_secret_hash"),
+        Index("ix_sched_feed_tokens_person", "tenant_id", "person_id", "create_time"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = _tenant()
+    person_id: Mapped[str] = mapped_column(ForeignKey("roster_people.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(200), default="")
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[datetime]
+    last_use_time: Mapped[datetime | None]
+
+
 __all__ = [
+    "SchedAssignmentPlan",
+    "SchedFeedToken",
+    "SchedSubstituteProposal",
     "SchedAvailability",
     "SchedBooking",
     "SchedBookingPerson",

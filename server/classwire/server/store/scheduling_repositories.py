@@ -12,12 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .roster_models import RosterPerson, RosterQualification
 from .scheduling_models import (
+    SchedAssignmentPlan,
     SchedAvailability,
     SchedBooking,
     SchedBookingPerson,
+    SchedFeedToken,
     SchedPersonLock,
     SchedSeries,
     SchedSettings,
+    SchedSubstituteProposal,
 )
 
 
@@ -406,3 +409,172 @@ async def external_taken(session: AsyncSession, model, tenant_id: str, external_
         select(model.id).where(model.tenant_id == tenant_id, model.external_id == external_id)
     )
     return found is not None
+
+
+# Matching, substitutes, feed tokens -------------------------------------------------------------
+
+
+async def person_lock_versions(
+    session: AsyncSession, tenant_id: str, person_ids: Sequence[str]
+) -> dict[str, int]:
+    """The booking-lock version of each person (0 for one never locked): it grows with every
+    booking change that involves them, so an unchanged version means nothing changed."""
+    if not person_ids:
+        return {}
+    rows = await session.execute(
+        select(SchedPersonLock.person_id, SchedPersonLock.version).where(
+            SchedPersonLock.tenant_id == tenant_id,
+            SchedPersonLock.person_id.in_(list(person_ids)),
+        )
+    )
+    found = {p: v for p, v in rows}
+    return {p: found.get(p, 0) for p in person_ids}
+
+
+async def instructors(session: AsyncSession, tenant_id: str, instructor_bit: int, active: int):
+    """Active instructors of the tenant (not deleted)."""
+    rows = await session.scalars(
+        select(RosterPerson)
+        .where(
+            RosterPerson.tenant_id == tenant_id,
+            RosterPerson.state == active,
+            RosterPerson.delete_time.is_(None),
+            RosterPerson.role_bits.op("&")(instructor_bit) != 0,
+        )
+        .order_by(RosterPerson.id)
+    )
+    return list(rows)
+
+
+async def lesson_history(
+    session: AsyncSession, tenant_id: str, learner_ids: Sequence[str], before: datetime
+) -> list[tuple[str, str, str, datetime]]:
+    """(learner id, subject, instructor id, start) of the learners' lessons with an instructor
+    that started before `before` and were not cancelled, newest first."""
+    if not learner_ids:
+        return []
+    rows = await session.execute(
+        select(
+            SchedBookingPerson.person_id,
+            SchedBooking.subject,
+            SchedBooking.instructor_id,
+            SchedBooking.start_time,
+        )
+        .join(SchedBooking, SchedBooking.id == SchedBookingPerson.booking_id)
+        .where(
+            SchedBookingPerson.tenant_id == tenant_id,
+            SchedBookingPerson.person_id.in_(list(learner_ids)),
+            SchedBookingPerson.role == 1,
+            SchedBooking.instructor_id != "",
+            SchedBooking.state != 3,
+            SchedBooking.start_time < before,
+        )
+        .order_by(SchedBooking.start_time.desc())
+        .limit(20_000)
+    )
+    return [tuple(r) for r in rows]
+
+
+async def selection(
+    session: AsyncSession,
+    tenant_id: str,
+    start: datetime,
+    end: datetime,
+    class_ids: Sequence[str],
+    subjects: Sequence[str],
+    include_assigned: bool,
+    limit: int,
+) -> list[SchedBooking]:
+    """Scheduled bookings starting in [start, end), optionally of some classes or subjects."""
+    query = select(SchedBooking).where(
+        SchedBooking.tenant_id == tenant_id,
+        SchedBooking.state == 1,
+        SchedBooking.start_time >= start,
+        SchedBooking.start_time < end,
+    )
+    if class_ids:
+        query = query.where(SchedBooking.class_id.in_(list(class_ids)))
+    if subjects:
+        query = query.where(SchedBooking.subject.in_(list(subjects)))
+    if not include_assigned:
+        query = query.where(SchedBooking.instructor_id == "")
+    rows = await session.scalars(
+        query.order_by(SchedBooking.start_time, SchedBooking.id).limit(limit)
+    )
+    return list(rows)
+
+
+async def plan(session: AsyncSession, tenant_id: str, plan_id: str, *, lock=False):
+    query = select(SchedAssignmentPlan).where(
+        SchedAssignmentPlan.tenant_id == tenant_id, SchedAssignmentPlan.id == plan_id
+    )
+    if lock:
+        query = query.with_for_update()
+    return await session.scalar(query)
+
+
+async def proposal(session: AsyncSession, tenant_id: str, proposal_id: str, *, lock=False):
+    query = select(SchedSubstituteProposal).where(
+        SchedSubstituteProposal.tenant_id == tenant_id, SchedSubstituteProposal.id == proposal_id
+    )
+    if lock:
+        query = query.with_for_update()
+    return await session.scalar(query)
+
+
+async def open_proposals(session: AsyncSession, tenant_id: str, booking_id: str):
+    rows = await session.scalars(
+        select(SchedSubstituteProposal).where(
+            SchedSubstituteProposal.tenant_id == tenant_id,
+            SchedSubstituteProposal.booking_id == booking_id,
+            SchedSubstituteProposal.state == 1,
+        )
+    )
+    return list(rows)
+
+
+async def feed_token(session: AsyncSession, tenant_id: str, token_id: str):
+    return await session.scalar(
+        select(SchedFeedToken).where(
+            SchedFeedToken.tenant_id == tenant_id, SchedFeedToken.id == token_id
+        )
+    )
+
+
+async def feed_token_by_hash(session: AsyncSession, secret_hash: str):
+    return await session.scalar(
+        select(SchedFeedToken).where(SchedFeedToken.secret_hash == secret_hash)
+    )
+
+
+async def count_feed_tokens(session: AsyncSession, tenant_id: str, person_id: str) -> int:
+    rows = await session.scalars(
+        select(SchedFeedToken.id).where(
+            SchedFeedToken.tenant_id == tenant_id, SchedFeedToken.person_id == person_id
+        )
+    )
+    return len(list(rows))
+
+
+async def list_feed_tokens(
+    session: AsyncSession,
+    tenant_id: str,
+    person_id: str,
+    after: tuple[datetime, str] | None,
+    limit: int,
+):
+    query = select(SchedFeedToken).where(
+        SchedFeedToken.tenant_id == tenant_id, SchedFeedToken.person_id == person_id
+    )
+    if after is not None:
+        at, last = after
+        query = query.where(
+            or_(
+                SchedFeedToken.create_time > at,
+                and_(SchedFeedToken.create_time == at, SchedFeedToken.id > last),
+            )
+        )
+    rows = await session.scalars(
+        query.order_by(SchedFeedToken.create_time, SchedFeedToken.id).limit(limit)
+    )
+    return list(rows)

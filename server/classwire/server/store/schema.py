@@ -5,12 +5,17 @@ model missing from both.
 """
 
 from . import (  # noqa: F401
+    analytics_models,
     classroom_models,
     data_models,
+    documentation_models,
+    media_models,
     models,
     notification_models,
+    recording_models,
     roster_models,
     scheduling_models,
+    xapi_models,
 )
 
 Base = models.Base

@@ -30,12 +30,14 @@ _SUITES = {
     "MatcherConformance": "matcher",
     "SummarizerConformance": "summarizer",
     "WorkflowConformance": "workflow",
+    "LearningRecordStoreConformance": "learning_record_store",
     "RecordingWorkflowContext": "workflow",
 }
 
 __all__ = [
     "BlobStoreConformance",
     "EventBusConformance",
+    "LearningRecordStoreConformance",
     "MatcherConformance",
     "MediaBackendConformance",
     "NotificationChannelConformance",

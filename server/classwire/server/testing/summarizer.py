@@ -67,3 +67,25 @@ class SummarizerConformance:
     async def test_max_terms(self, summarizer: Summarizer) -> None:
         summary = await summarizer.summarize(sample_transcript(), self.language, max_terms=3)
         assert 0 < len(summary.key_terms) <= 3
+
+    async def test_deterministic(self, summarizer: Summarizer) -> None:
+        first = await summarizer.summarize(sample_transcript(), self.language)
+        second = await summarizer.summarize(sample_transcript(), self.language)
+        assert first.text == second.text
+        assert list(first.key_terms) == list(second.key_terms)
+
+    async def test_key_terms_come_from_the_transcript(self, summarizer: Summarizer) -> None:
+        segments = sample_transcript()
+        spoken = " ".join(s.text for s in segments).lower()
+        summary = await summarizer.summarize(segments, self.language)
+        # A generative summarizer may paraphrase a few terms, but most must be what was said.
+        said = [t for t in summary.key_terms if all(w in spoken for w in t.lower().split())]
+        assert 2 * len(said) >= len(summary.key_terms), summary.key_terms
+
+    async def test_single_segment(self, summarizer: Summarizer) -> None:
+        segment = TranscriptSegment(
+            "Fractions have a numerator and a denominator.", 0.0, 3.0, True, 0.8, "en"
+        )
+        summary = await summarizer.summarize([segment], self.language)
+        assert summary.text.strip()
+        assert list(summary.key_terms)
