@@ -516,7 +516,6 @@ class AiortcSfu(MediaBackend):
     async def _inbound(self, peer: _Peer, track: PublishedTrack, now: datetime) -> TrackStats:
         report = await track.receiver.getStats()
         inbound = next((s for s in report.values() if s.type == "inbound-rtp"), None)
-        remote = next((s for s in report.values() if s.type == "remote-outbound-rtp"), None)
         clock = 48000 if track.kind == "audio" else 90000
         lost = inbound.packetsLost if inbound else 0
         received = inbound.packetsReceived if inbound else 0
@@ -529,7 +528,7 @@ class AiortcSfu(MediaBackend):
             fraction_lost=lost / (lost + received) if lost + received > 0 else 0.0,
             jitter_ms=inbound.jitter * 1000 / clock if inbound else None,
             round_trip_time_ms=None,  # aiortc's receiver measures no RTT (no RTCP XR)
-            bitrate_bps=self._rate(track, remote.bytesSent if remote else None),
+            bitrate_bps=self._rate(track, track.bytes_received),
         )
 
     async def _outbound(

@@ -207,6 +207,9 @@ class PublishedTrack:
         # Callables fed every encoded packet (taps, recorders); None means the track ended.
         self.listeners: list[Callable[[EncodedPacket | None], None]] = []
         self.frames = 0
+        # Encoded payload bytes received: the inbound bitrate, without waiting for the
+        # publisher's RTCP sender reports (sent only every 0.5-1.5 s).
+        self.bytes_received = 0
         self.first_arrival: float | None = None
         self._keyframe_interval = keyframe_interval
         self._last_pli = -1e9
@@ -222,6 +225,7 @@ class PublishedTrack:
         if self.first_arrival is None:
             self.first_arrival = now
         self.frames += 1
+        self.bytes_received += len(data)
         packet = EncodedPacket(
             data,
             pts,
