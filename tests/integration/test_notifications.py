@@ -329,6 +329,8 @@ async def test_absence_notice_and_session_report_reach_the_guardian(env):
     assert report["Subject"] == f"Session report: Algebra {tag}"
     body = report.get_body(("plain",)).get_content()
     assert "revision 1" in body and "Transcript: included" in body
+    # The session never ended, so no report was built: the notice carries none.
+    assert "Attendance" not in body and "Attendance" not in report.get_body(("html",)).get_content()
     assert report.get_content_type() == "multipart/alternative"
     assert len(await eventually(lambda: _mails_to(env, f"olga-{tag}@"))) == 1  # not opted out
 

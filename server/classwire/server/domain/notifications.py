@@ -88,6 +88,21 @@ class Template:
 
 
 _COMMON = ("recipient_name", "tenant_name")
+# A variable whose name ends so holds HTML the server built itself (see TrustedHtml).
+HTML_SUFFIX = "_html"
+
+
+@dataclass(frozen=True)
+class TrustedHtml:
+    """HTML the server rendered itself, with every piece of user text in it already escaped.
+
+    Only a value of this type, given to a variable whose name ends in `_html`, goes into a
+    template's HTML body unescaped; any other value of such a variable is escaped like the rest,
+    so a string that reached the variables from user input cannot become markup. In the subject
+    and the text body a `_html` variable renders empty: the text goes in its own variable.
+    """
+
+    html: str
 
 
 def _builtin(name: str, subject: str, text: str, html_body: str, variables: tuple[str, ...]):
@@ -114,6 +129,16 @@ BUILTIN_TEMPLATES: dict[tuple[str, str], Template] = {
             "<p>It now starts at ${start_time} (${time_zone}).</p>",
             ("title", "change", "start_time", "time_zone", "booking_id"),
         ),
+        # The schedule_change text says when the lesson now starts; a cancelled one does not.
+        _builtin(
+            "booking_cancelled",
+            "Cancelled: ${title} at ${start_time}",
+            "Hello ${recipient_name},\n\n${title}, planned for ${start_time} (${time_zone}), "
+            "is ${change}.\n",
+            "<p>Hello ${recipient_name},</p><p><b>${title}</b>, planned for ${start_time} "
+            "(${time_zone}), is ${change}.</p>",
+            ("title", "change", "start_time", "time_zone", "booking_id"),
+        ),
         _builtin(
             "absence_notice",
             "${learner_name} missed ${title}",
@@ -128,11 +153,20 @@ BUILTIN_TEMPLATES: dict[tuple[str, str], Template] = {
             "Session report: ${title}",
             "Hello ${recipient_name},\n\nThe report of ${title} for ${learner_name} is ready "
             "(revision ${revision}).\nParticipants: ${participant_count}. "
-            "Transcript: ${transcript}.\n",
+            "Transcript: ${transcript}.\n\n${report_text}\n",
             "<p>Hello ${recipient_name},</p><p>The report of <b>${title}</b> for "
             "${learner_name} is ready (revision ${revision}).</p><ul><li>Participants: "
-            "${participant_count}</li><li>Transcript: ${transcript}</li></ul>",
-            ("learner_name", "title", "revision", "participant_count", "transcript", "session_id"),
+            "${participant_count}</li><li>Transcript: ${transcript}</li></ul>${report_html}",
+            (
+                "learner_name",
+                "title",
+                "revision",
+                "participant_count",
+                "transcript",
+                "session_id",
+                "report_text",
+                "report_html",
+            ),
         ),
         _builtin(
             "instructor_no_show",
@@ -184,12 +218,24 @@ def _check_template(text: str, variables: tuple[str, ...], path: str, problems: 
     for name in template.get_identifiers():
         if name not in variables:
             problems.add(path, f"uses the unknown variable {name!r}")
+        elif name.endswith(HTML_SUFFIX) and not path.endswith("html_body"):
+            problems.add(path, f"{name!r} holds HTML and can only be used in html_body")
+
+
+def _html_value(name: str, value: Any) -> str:
+    if name.endswith(HTML_SUFFIX) and isinstance(value, TrustedHtml):
+        return value.html
+    return html.escape(value.html if isinstance(value, TrustedHtml) else str(value))
 
 
 def render(template: Template, variables: Mapping[str, Any]) -> tuple[str, str, str]:
-    """(subject, text, html); HTML gets escaped values, missing variables render empty."""
-    plain = {name: str(variables.get(name, "")) for name in template.variables}
-    escaped = {name: html.escape(value) for name, value in plain.items()}
+    """(subject, text, html); HTML gets escaped values except TrustedHtml in `_html` variables,
+    missing variables render empty."""
+    plain = {
+        name: "" if name.endswith(HTML_SUFFIX) else str(variables.get(name, ""))
+        for name in template.variables
+    }
+    escaped = {name: _html_value(name, variables.get(name, "")) for name in template.variables}
     subject = string.Template(template.subject).safe_substitute(plain).replace("\n", " ")
     text = string.Template(template.text_body).safe_substitute(plain)
     body = string.Template(template.html_body).safe_substitute(escaped)
@@ -846,6 +892,7 @@ __all__ = [
     "NoticeRequest",
     "NotificationsDomain",
     "Template",
+    "TrustedHtml",
     "quiet_hours_end",
     "render",
     "route",

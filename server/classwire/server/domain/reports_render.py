@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, timedelta
 from functools import cache
+from html import escape
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -24,13 +25,16 @@ TEMPLATES = Path(__file__).parent / "report_templates"
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|&~])")
 
 
+def _one_line(value: object) -> str:
+    return " ".join(str(value).split())  # no line breaks: one table cell, one list item
+
+
 def _md(value: object) -> str:
-    text = " ".join(str(value).split())  # no line breaks: one table cell, one list item
-    return _MD_SPECIAL.sub(r"\\\1", text)
+    return _MD_SPECIAL.sub(r"\\\1", _one_line(value))
 
 
 @cache
-def _environment(html: bool) -> jinja2.Environment:
+def _environment(html: bool, plain: bool = False) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=html,
@@ -38,7 +42,8 @@ def _environment(html: bool) -> jinja2.Environment:
         lstrip_blocks=not html,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters["md"] = _md
+    # Plain text is the Markdown layout without Markdown escapes: nothing interprets it.
+    env.filters["md"] = _one_line if plain else _md
     return env
 
 
@@ -96,9 +101,10 @@ def render(
     learner: str = "",
     time_zone: str = "",
     locale: str = "",
+    plain: bool = False,
 ) -> tuple[str, str, str]:
     """(media type, title, text). Labels are English whatever the locale; the locale sets the
-    document language only."""
+    document language only. `plain` renders the Markdown layout as unescaped plain text."""
     zone = ZoneInfo(time_zone) if time_zone else UTC
     learner_name = ""
     if learner:
@@ -111,7 +117,7 @@ def render(
     when = f"{start_at:%Y-%m-%d %H:%M}–{end_at:%H:%M} {start_at.tzname()}"
     note = report.failure.message if report.HasField("failure") else ""
     html = fmt == data_pb.REPORT_FORMAT_HTML
-    template = _environment(html).get_template(
+    template = _environment(html, plain and not html).get_template(
         "session_report.html.j2" if html else "session_report.md.j2"
     )
     text = template.render(
@@ -136,3 +142,44 @@ def render(
         early=lambda a: _span(a.early_leave_by) if a.left_early else "no",
     )
     return ("text/html" if html else "text/markdown"), title, text
+
+
+# E-mail keeps each transcript line short; the full transcript stays one API call away.
+MAIL_SEGMENT_CHARS = 280
+_BODY = re.compile(r"<body[^>]*>(.*)</body>", re.DOTALL)
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= MAIL_SEGMENT_CHARS else text[: MAIL_SEGMENT_CHARS - 1] + "…"
+
+
+def guardian_mail(
+    report: data_pb.SessionReport, learners: list[str], *, time_zone: str = ""
+) -> tuple[str, str]:
+    """The guardian view of each of `learners` (report identities) for an e-mail, as (HTML
+    fragment, plain text). The HTML is the rendered document's body, to sit inside a mail
+    template; user text in it is escaped by the renderer. Transcript lines are shortened."""
+    mail = data_pb.SessionReport()
+    mail.CopyFrom(report)
+    shortened = False
+    for segment in mail.transcript.excerpt:
+        shortened |= len(segment.text) > MAIL_SEGMENT_CHARS
+        segment.text = _shortened(segment.text)
+    html_parts, text_parts = [], []
+    for learner in learners:
+        _, _, page = render(mail, data_pb.REPORT_FORMAT_HTML, learner=learner, time_zone=time_zone)
+        found = _BODY.search(page)
+        html_parts.append(found.group(1).strip() if found else page)
+        _, _, text = render(
+            mail, data_pb.REPORT_FORMAT_MARKDOWN, learner=learner, time_zone=time_zone, plain=True
+        )
+        text_parts.append(text.strip())
+    partial = shortened or mail.transcript.segment_count > len(mail.transcript.excerpt)
+    if partial and mail.transcript.excerpt:
+        note = (
+            "The transcript is shortened here; the full one is kept with session "
+            f"{report.session_id}."
+        )
+        html_parts.append(f'<p style="font-size:13px;color:#5b6475;">{escape(note)}</p>')
+        text_parts.append(note)
+    return "\n".join(html_parts), "\n\n".join(text_parts)

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from google.protobuf import json_format
 
 from classwire.api.common.v1 import common_pb2
+from classwire.api.data.v1 import resources_pb2 as data_pb
 from classwire.api.events.v1 import data_events_pb2 as dev
 from classwire.api.events.v1 import event_pb2
 from classwire.api.events.v1 import scheduling_events_pb2 as sev
@@ -27,10 +28,12 @@ from classwire.api.roster.v1 import resources_pb2 as roster_pb
 from ..events.catalogue import unwrap
 from ..events.outbox import UnitOfWork
 from ..store import notification_repositories as repo
+from ..store import report_repositories as report_repo
 from ..store import scheduling_repositories as scheduling_repo
 from ..store.types import utcnow
 from .errors import FieldViolation, InvalidArgument, NotFound, Violations
-from .notifications import NoticeRequest, display_name
+from .notifications import NoticeRequest, TrustedHtml, display_name
+from .reports_render import guardian_mail
 
 C = roster_pb.NotificationCause
 LEARNER_ROLE_BIT = 1 << roster_pb.PERSON_ROLE_LEARNER
@@ -56,14 +59,15 @@ Handler = Callable[["Run", Any], Awaitable[list[NoticeRequest]]]
 class BuiltinWorkflow:
     name: str
     description: str
-    trigger: type
+    trigger: type | tuple[type, ...]  # the event message(s) that start a run
     handler: Handler
     settings: Mapping[str, Setting] = field(default_factory=dict)
     enabled_by_default: bool = True
 
     @property
-    def trigger_type(self) -> str:
-        return self.trigger.DESCRIPTOR.full_name
+    def trigger_types(self) -> tuple[str, ...]:
+        triggers = self.trigger if isinstance(self.trigger, tuple) else (self.trigger,)
+        return tuple(t.DESCRIPTOR.full_name for t in triggers)
 
     def schema(self) -> dict:
         types = {"boolean": "boolean", "string": "string", "string_list": "array"}
@@ -253,9 +257,12 @@ async def session_report(run: Run, event: dev.SessionReportReady) -> list[Notice
     session_id = event.session_id or run.envelope.session_id
     learners, _ = await expected_learners(run, session_id)
     facts = await _session_facts(run, session_id)
-    names: dict[str, list[str]] = {}
+    recipients: dict[str, list[Any]] = {}  # recipient id -> the learners they hear about
     for learner_id, guardian_id in await _guardians(run, sorted(learners)):
-        names.setdefault(guardian_id, []).append(display_name(learners[learner_id]))
+        recipients.setdefault(guardian_id, []).append(learners[learner_id])
+    if run.settings.get("notify_learners"):
+        for learner_id, person in learners.items():
+            recipients.setdefault(learner_id, [person])
     common = {
         **facts,
         "revision": str(event.revision),
@@ -263,22 +270,39 @@ async def session_report(run: Run, event: dev.SessionReportReady) -> list[Notice
         "transcript": "included" if event.has_transcript else "not included",
         "session_id": session_id,
     }
-    recipients = {g: ", ".join(n) for g, n in names.items()}
-    if run.settings.get("notify_learners"):
-        for learner_id, person in learners.items():
-            recipients.setdefault(learner_id, display_name(person))
-    # One notice per recipient per report: a rebuilt report (a new revision) is a new cause.
-    return [
-        run.notice(
-            recipient,
-            f"session_report:{session_id}:{event.revision}",
-            C.NOTIFICATION_CAUSE_SESSION_REPORT,
-            "session_report",
-            variables={**common, "learner_name": learner_names},
-            session_id=session_id,
+    # The stored report of this revision, if it is still the stored one (a rebuild may have
+    # replaced it): without it the notice only says that the report is ready.
+    row = await report_repo.get(run.session, run.tenant_id, session_id)
+    report = data_pb.SessionReport.FromString(row.content) if row and row.content else None
+    if report is not None and report.revision != event.revision:
+        report = None
+    people = await repo.people(run.session, run.tenant_id, list(recipients))
+    notices = []
+    for recipient, shown in recipients.items():
+        variables = {**common, "learner_name": ", ".join(display_name(p) for p in shown)}
+        ids = {i for p in shown for i in (p.id, p.external_id) if i}
+        identities = [a.identity for a in report.attendance if a.identity in ids] if report else []
+        if identities:
+            # Each learner's guardian view only: no other learner's name reaches this mail.
+            zone = getattr(people.get(recipient), "time_zone", "") or "UTC"
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                zone = "UTC"
+            view_html, view_text = guardian_mail(report, identities, time_zone=zone)
+            variables.update(report_html=TrustedHtml(view_html), report_text=view_text)
+        # One notice per recipient per report: a rebuilt report (a new revision) is a new cause.
+        notices.append(
+            run.notice(
+                recipient,
+                f"session_report:{session_id}:{event.revision}",
+                C.NOTIFICATION_CAUSE_SESSION_REPORT,
+                "session_report",
+                variables=variables,
+                session_id=session_id,
+            )
         )
-        for recipient, learner_names in recipients.items()
-    ]
+    return notices
 
 
 async def instructor_no_show(run: Run, event: sev.InstructorNoShowDetected) -> list[NoticeRequest]:
@@ -347,6 +371,89 @@ async def substitute_assigned(run: Run, event: sev.SubstituteAssigned) -> list[N
             urgent=bool(run.settings.get("ignore_quiet_hours", True)),
         )
     ]
+
+
+# A one-off booking or one occurrence of a series was moved, or was cancelled.
+SCHEDULE_MOVES = (sev.BookingRescheduled, sev.OccurrenceMoved)
+SCHEDULE_CANCELLATIONS = (sev.BookingCancelled, sev.OccurrenceCancelled)
+
+
+def _zone_of(*names: str) -> tuple[str, ZoneInfo]:
+    """The first of `names` that is a known IANA zone, else UTC."""
+    for name in names:
+        if not name:
+            continue
+        try:
+            return name, ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+    return "UTC", ZoneInfo("UTC")
+
+
+def _local(moment: datetime, zone: ZoneInfo) -> str:
+    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+
+
+async def booking_audience(run: Run, learner_ids, instructor_id: str = "") -> list[str]:
+    """A booking's learners, their guardians who receive notices, and its instructor if given,
+    each once: the people a reminder of the booking reaches by default."""
+    recipients = list(learner_ids)
+    recipients += [guardian_id for _, guardian_id in await _guardians(run, list(learner_ids))]
+    if instructor_id:
+        recipients.append(instructor_id)
+    return list(dict.fromkeys(recipients))
+
+
+async def schedule_change(run: Run, event) -> list[NoticeRequest]:
+    """A moved or cancelled lesson, told to its learners, their guardians and (unless the
+    `notify_instructor` setting is off) its instructor, but not to whoever made the change."""
+    booking = await scheduling_repo.booking(run.session, run.tenant_id, event.booking_id)
+    if booking is None:
+        return []
+    cancelled = isinstance(event, SCHEDULE_CANCELLATIONS)
+    # The times of this change come from the event: the booking may have moved again since.
+    start = event.start_time.ToDatetime(tzinfo=UTC)
+    previous = None if cancelled else event.previous_start_time.ToDatetime(tzinfo=UTC)
+    instructor_id = getattr(event, "instructor_id", "") or booking.instructor_id
+    recipients = await booking_audience(
+        run,
+        booking.learner_ids or [],
+        instructor_id if run.settings.get("notify_instructor", True) else "",
+    )
+    # Whoever made the change knows of it already.
+    recipients = [pid for pid in recipients if pid != event.initiator_person_id]
+    people = await repo.people(run.session, run.tenant_id, recipients)
+    reason = f" ({event.reason})" if event.reason else ""
+    # Per change, not per booking: a second move is news, a redelivered event is not.
+    cause = f"schedule_change:{event.booking_id}:{run.envelope.id}"
+    notices = []
+    for pid in recipients:
+        person = people.get(pid)
+        # Each recipient reads the times in their own zone, else in the booking's.
+        zone_name, zone = _zone_of(person.time_zone if person else "", booking.time_zone)
+        if cancelled:
+            change = f"cancelled{reason}"
+        else:
+            change = f"moved from {_local(previous, zone)} to {_local(start, zone)}{reason}"
+        notices.append(
+            run.notice(
+                pid,
+                cause,
+                C.NOTIFICATION_CAUSE_SCHEDULE_CHANGE,
+                "booking_cancelled" if cancelled else "schedule_change",
+                variables={
+                    "title": booking.title or booking.subject or "your lesson",
+                    "change": change,
+                    "start_time": _local(start, zone),
+                    "time_zone": zone_name,
+                    "booking_id": event.booking_id,
+                },
+                session_id=getattr(event, "session_id", "") or booking.session_id,
+                # A notice about a lesson that has begun (or would have) is no use any more.
+                expire_time=start,
+            )
+        )
+    return notices
 
 
 async def low_engagement(run: Run, event: dev.EngagementFlagRaised) -> list[NoticeRequest]:
@@ -434,6 +541,18 @@ BUILTINS: dict[str, BuiltinWorkflow] = {
             },
         ),
         BuiltinWorkflow(
+            "schedule_change",
+            "Tells learners, their guardians and the instructor (but not whoever made the "
+            "change) that a lesson moved or was cancelled (on BookingRescheduled, "
+            "BookingCancelled, OccurrenceMoved, OccurrenceCancelled).",
+            SCHEDULE_MOVES + SCHEDULE_CANCELLATIONS,
+            schedule_change,
+            {
+                **_CONSENT,
+                "notify_instructor": Setting("boolean", True, "tell the instructor too"),
+            },
+        ),
+        BuiltinWorkflow(
             "low_engagement",
             "Flags a learner's low engagement to staff (on EngagementFlagRaised).",
             dev.EngagementFlagRaised,
@@ -502,7 +621,7 @@ class Workflows:
                 w.description,
                 True,
                 "",
-                [w.trigger_type],
+                list(w.trigger_types),
                 w.enabled_by_default,
                 w.defaults(),
                 w.schema(),

@@ -207,7 +207,7 @@ class WorkflowRunner(LogFollower):
                     cursor.lease_until = utcnow() + self.lease
 
     def _interested(self, event_type: str) -> bool:
-        if any(w.trigger_type == event_type for w in wf.BUILTINS.values()):
+        if any(event_type in w.trigger_types for w in wf.BUILTINS.values()):
             return True
         if any(
             matches_event_type(p.event_types, event_type) for _, p in self.plugin_workflows.values()
@@ -264,7 +264,7 @@ class WorkflowRunner(LogFollower):
         )
 
     async def _run_workflows(self, uow: UnitOfWork, envelope: event_pb2.Event) -> None:
-        builtins = [w for w in wf.BUILTINS.values() if w.trigger_type == envelope.type]
+        builtins = [w for w in wf.BUILTINS.values() if envelope.type in w.trigger_types]
         plugins = [
             (name, provider)
             for name, (_, provider) in self.plugin_workflows.items()
