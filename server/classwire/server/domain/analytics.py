@@ -21,9 +21,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from classwire.api.events.v1 import data_events_pb2 as dev
 
 from ..store import analytics_repositories as repo
+from ..store import repositories as core_repo
 from ..store import roster_repositories as roster_repo
 from ..store.analytics_models import RatingRow
-from ..store.models import LiveSession, SessionInstructor, SessionParticipant
+from ..store.models import LiveSession
 from ..store.types import utcnow
 from . import paging
 from .analytics_fold import LEARNER, SLOT_MS, TEACHING
@@ -295,8 +296,8 @@ class AnalyticsDomain:
 
         async def body(uow) -> RatingRow:
             s = uow.session
-            row = await s.get(LiveSession, session_id)
-            if row is None or row.tenant_id != principal.tenant_id:
+            row = await core_repo.get_live_session(s, principal.tenant_id, session_id)
+            if row is None:
                 raise NotFound(f"session {session_id!r} not found", reason="SESSION_NOT_FOUND")
             if row.live_time is None or row.state == 5:
                 raise FailedPrecondition(
@@ -340,30 +341,9 @@ class AnalyticsDomain:
         return await run_idempotent(lambda: self.uow(principal.tenant_id), key, body)
 
     async def _instructor(self, s, row: LiveSession, instructor: str) -> str:
-        assigned = list(
-            (
-                await s.scalars(
-                    SessionInstructor.__table__.select()
-                    .with_only_columns(SessionInstructor.identity)
-                    .where(SessionInstructor.session_id == row.id)
-                    .order_by(SessionInstructor.position)
-                )
-            ).all()
-        )
-        taught = set(
-            (
-                await s.scalars(
-                    SessionParticipant.__table__.select()
-                    .with_only_columns(SessionParticipant.identity)
-                    .where(
-                        SessionParticipant.session_id == row.id,
-                        SessionParticipant.role.in_(list(TEACHING)),
-                        SessionParticipant.first_join_time.is_not(None),
-                    )
-                )
-            ).all()
-        )
-        known = list(dict.fromkeys([*assigned, *sorted(taught)]))
+        assigned = (await core_repo.session_instructors(s, row.tenant_id, [row.id]))[row.id]
+        taught = await repo.joined_identities(s, row.tenant_id, row.id, TEACHING)
+        known = list(dict.fromkeys([*assigned, *taught]))
         if not instructor:
             if len(known) == 1:
                 return known[0]
@@ -380,16 +360,8 @@ class AnalyticsDomain:
         return instructor
 
     async def _check_rater(self, s, row: LiveSession, rater: str) -> None:
-        attended = await s.scalars(
-            SessionParticipant.__table__.select()
-            .with_only_columns(SessionParticipant.identity, SessionParticipant.role)
-            .where(
-                SessionParticipant.session_id == row.id,
-                SessionParticipant.first_join_time.is_not(None),
-            )
-        )
         learners = []
-        for identity in attended.all():
+        for identity in await repo.joined_identities(s, row.tenant_id, row.id):
             if identity == rater:
                 return
             learners.append(identity)

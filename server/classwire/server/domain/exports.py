@@ -31,7 +31,7 @@ from ..convert.analytics import rating as rating_proto
 from ..convert.transcription import segment_to_proto
 from ..events.catalogue import unwrap
 from ..events.outbox import UnitOfWorkFactory
-from ..store import xapi_repositories as repo
+from ..store import export_repositories as repo
 from ..store.engine import Database
 from .auth import Principal
 from .errors import InvalidArgument, OutOfRange, Violations
@@ -81,7 +81,11 @@ def columns_of(descriptor: Descriptor, prefix: str = "") -> list[str]:
 
 
 def _is_repeated(f: FieldDescriptor) -> bool:
-    return f.label == FieldDescriptor.LABEL_REPEATED
+    # protobuf deprecates `label` for `is_repeated`; runtimes older than that only have `label`.
+    repeated = getattr(f, "is_repeated", None)
+    if repeated is None:
+        return f.label == FieldDescriptor.LABEL_REPEATED
+    return bool(repeated() if callable(repeated) else repeated)
 
 
 def flatten(data: dict, columns: frozenset[str], prefix: str = "") -> dict[str, str]:
@@ -180,7 +184,7 @@ class ExportsDomain:
                 session_ids = (session_ids & of_classes) if session_ids else of_classes
                 if not session_ids:
                     session_ids = {""}  # no session matches: export nothing
-            head = await repo.head(session, tenant_id)
+            head = await repo.log_head(session, tenant_id)
         if req.kind == KIND.EXPORT_RECORD_KIND_EVENTS and req.after_sequence > head:
             raise OutOfRange(
                 f"after_sequence {req.after_sequence} is beyond the log's last sequence {head}",
@@ -265,29 +269,28 @@ class ExportsDomain:
             if session_ids and resolved.session_ids:
                 scoped = tuple(set(session_ids) & set(resolved.session_ids)) or ("",)
 
+            async def fetch_events(session, after: int) -> list:
+                rows = await repo.events_page(
+                    session,
+                    tenant_id,
+                    after,
+                    PAGE,
+                    types=resolved.types,
+                    session_ids=scoped,
+                    occur_from=req.start,
+                    occur_to=req.end,
+                )
+                # The head read at the start bounds the export: a short page ends it.
+                return [r for r in rows if r.sequence <= head]
+
             async def events(state: dict) -> AsyncIterator[dict]:
-                cursor = req.after_sequence
-                while True:
-                    async with self.db.reader() as session:
-                        rows = await repo.events_page(
-                            session,
-                            tenant_id,
-                            cursor,
-                            PAGE,
-                            types=resolved.types,
-                            session_ids=scoped,
-                            occur_from=req.start,
-                            occur_to=req.end,
-                        )
-                    rows = [r for r in rows if r.sequence <= head]
-                    for row in rows:
-                        cursor = state["last"] = row.sequence
-                        envelope = resolved.passes(row)
-                        if envelope is None or (who and not _about(envelope, who)):
-                            continue
-                        yield _event_record(envelope)
-                    if len(rows) < PAGE:
-                        return
+                pages = self._pages(fetch_events, lambda row: row.sequence, req.after_sequence)
+                async for row in pages:
+                    state["last"] = row.sequence
+                    envelope = resolved.passes(row)
+                    if envelope is None or (who and not _about(envelope, who)):
+                        continue
+                    yield _event_record(envelope)
 
             return events, list(EVENT_COLUMNS)
 
@@ -296,6 +299,7 @@ class ExportsDomain:
             KIND.EXPORT_RECORD_KIND_ENGAGEMENT,
             KIND.EXPORT_RECORD_KIND_SESSION_REPORTS,
         ):
+            by_end = kind == KIND.EXPORT_RECORD_KIND_SESSION_REPORTS
             if kind == KIND.EXPORT_RECORD_KIND_SESSION_REPORTS:
                 columns = columns_of(data_pb.SessionReport.DESCRIPTOR)
             elif kind == KIND.EXPORT_RECORD_KIND_ATTENDANCE:
@@ -303,81 +307,73 @@ class ExportsDomain:
             else:
                 columns = ["sessionId", *columns_of(data_pb.ParticipantEngagement.DESCRIPTOR)]
 
+            def fetch_reports(session, after: str):
+                return repo.session_reports_page(
+                    session,
+                    tenant_id,
+                    session_ids=session_ids,
+                    end_from=req.start if by_end else None,
+                    end_to=req.end if by_end else None,
+                    after_session_id=after,
+                    limit=PAGE,
+                )
+
             async def reports(state: dict) -> AsyncIterator[dict]:
-                after = ""
-                by_end = kind == KIND.EXPORT_RECORD_KIND_SESSION_REPORTS
-                while True:
-                    async with self.db.reader() as session:
-                        rows = await repo.reports(
-                            session,
-                            tenant_id,
-                            session_ids=session_ids,
-                            end_from=req.start if by_end else None,
-                            end_to=req.end if by_end else None,
-                            after_session_id=after,
-                            limit=PAGE,
-                        )
-                    for row in rows:
-                        after = row.session_id
-                        report = data_pb.SessionReport.FromString(row.content)
-                        if kind == KIND.EXPORT_RECORD_KIND_SESSION_REPORTS:
-                            yield to_json(report)
+                async for row in self._pages(fetch_reports, lambda row: row.session_id, ""):
+                    report = data_pb.SessionReport.FromString(row.content)
+                    if kind == KIND.EXPORT_RECORD_KIND_SESSION_REPORTS:
+                        yield to_json(report)
+                        continue
+                    if kind == KIND.EXPORT_RECORD_KIND_ATTENDANCE:
+                        keyed = report.scheduled_start_time
+                        items = report.attendance
+                    else:
+                        keyed = report.start_time
+                        items = report.engagement
+                    if not _in_range(keyed, req.start, req.end):
+                        continue
+                    for item in items:
+                        if who and item.identity not in who:
                             continue
-                        if kind == KIND.EXPORT_RECORD_KIND_ATTENDANCE:
-                            keyed = report.scheduled_start_time
-                            items = report.attendance
-                        else:
-                            keyed = report.start_time
-                            items = report.engagement
-                        if not _in_range(keyed, req.start, req.end):
-                            continue
-                        for item in items:
-                            if who and item.identity not in who:
-                                continue
-                            yield {"sessionId": report.session_id, **to_json(item)}
-                    if len(rows) < PAGE:
-                        return
+                        yield {"sessionId": report.session_id, **to_json(item)}
 
             return reports, columns
 
         # Ratings and transcript segments page by (time, id) with the same filters.
-        filters = dict(
-            tenant_id=tenant_id,
-            session_ids=session_ids,
-            identities=who,
-            start=req.start,
-            end=req.end,
-            limit=PAGE,
-        )
         if kind == KIND.EXPORT_RECORD_KIND_RATINGS:
+            source, convert, descriptor = repo.RATINGS, rating_proto, data_pb.Rating.DESCRIPTOR
+        else:
+            source, convert = repo.TRANSCRIPT_SEGMENTS, segment_to_proto
+            descriptor = data_pb.TranscriptSegment.DESCRIPTOR
 
-            async def ratings(state: dict) -> AsyncIterator[dict]:
-                async for row in self._keyset_pages(
-                    lambda session, after: repo.ratings(session, after=after, **filters),
-                    lambda row: (row.create_time, row.id),
-                ):
-                    yield to_json(rating_proto(row))
+        def fetch_rows(session, after: tuple[datetime, str] | None):
+            return repo.time_keyed_page(
+                session,
+                source,
+                tenant_id,
+                session_ids=session_ids,
+                identities=who,
+                start=req.start,
+                end=req.end,
+                after=after,
+                limit=PAGE,
+            )
 
-            return ratings, columns_of(data_pb.Rating.DESCRIPTOR)
+        async def rows(state: dict) -> AsyncIterator[dict]:
+            async for row in self._pages(fetch_rows, source.position, None):
+                yield to_json(convert(row))
 
-        async def segments(state: dict) -> AsyncIterator[dict]:
-            async for row in self._keyset_pages(
-                lambda session, after: repo.segments(session, after=after, **filters),
-                lambda row: (row.start_time, row.id),
-            ):
-                yield to_json(segment_to_proto(row))
+        return rows, columns_of(descriptor)
 
-        return segments, columns_of(data_pb.TranscriptSegment.DESCRIPTOR)
-
-    async def _keyset_pages(self, fetch, key) -> AsyncIterator:
-        """Rows page after page, each read in its own short read transaction; `key` gives the
-        position a row leaves for the next page."""
-        after = None
+    async def _pages(self, fetch, position, after) -> AsyncIterator:
+        """Rows page after page, each page read in its own short read transaction: `fetch`
+        reads the page after a position, `position` gives where a row leaves the next page to
+        start, `after` is the first position. Every export kind reads through this one pager."""
         while True:
             async with self.db.reader() as session:
                 rows = await fetch(session, after)
             for row in rows:
-                after = key(row)
+                after = position(row)
                 yield row
             if len(rows) < PAGE:
                 return

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import log_cursors
 from .analytics_models import AnalyticsAttendance, AnalyticsCursor, AnalyticsSession, RatingRow
-from .models import Event, SessionInstructor
+from .models import Event, SessionInstructor, SessionParticipant
 
 A = AnalyticsAttendance
 CHUNK = 500  # bound IN lists and executemany batches
@@ -271,6 +271,21 @@ async def display_names(session: AsyncSession, tenant_id: str, identities: Colle
 
 
 # -- ratings ------------------------------------------------------------------------------------
+
+
+async def joined_identities(
+    session: AsyncSession, tenant_id: str, session_id: str, roles: Collection[int] = ()
+) -> list[str]:
+    """Identities of the session's participants who joined at least once, in identity order;
+    only those of these roles when `roles` is given (who may rate, and whom)."""
+    query = select(SessionParticipant.identity).where(
+        SessionParticipant.tenant_id == tenant_id,
+        SessionParticipant.session_id == session_id,
+        SessionParticipant.first_join_time.is_not(None),
+    )
+    if roles:
+        query = query.where(SessionParticipant.role.in_(list(roles)))
+    return list((await session.scalars(query.order_by(SessionParticipant.identity))).all())
 
 
 async def rating_for(
