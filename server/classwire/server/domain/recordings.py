@@ -29,7 +29,6 @@ from typing import Any
 
 import structlog
 from google.protobuf import json_format
-from sqlalchemy import select
 
 from classwire.api.common.v1 import common_pb2
 from classwire.api.events.v1 import event_pb2
@@ -60,7 +59,7 @@ from .idempotency import IdempotencyKey, run_idempotent
 from .ids import new_id
 from .platform import TenantSettings, actor_of
 from .recordings_live import LiveRecording, Mixer, Recorder, store_stream, until_stopped
-from .session_lifecycle import follow_session_lifecycle
+from .session_lifecycle import SessionLifecycle
 from .sessions import SessionSettings, effective_permissions
 
 log = structlog.get_logger(__name__)
@@ -96,7 +95,6 @@ class RecordingSettings:
     settle: float = 0.5
     # How long finalizing may take before the recording fails (a stuck store or backend).
     finalize_timeout: float = 120.0
-    follow_interval: float = 0.5
 
 
 @dataclass
@@ -158,17 +156,15 @@ class RecordingsDomain:
         self.settings = settings or RecordingSettings()
         self.live: dict[str, LiveRecording] = {}  # recording id -> recorders on this process
         self._tasks: set[asyncio.Task] = set()
-        self._follower: asyncio.Task | None = None
         if media is not None:
             media.add_track_listener(self)
 
     # -- wiring ------------------------------------------------------------------------------
 
-    def start(self) -> asyncio.Task:
-        """Recovers recordings left unfinished, then follows the session lifecycle (auto-start
+    def follow(self, lifecycle: SessionLifecycle) -> None:
+        """Recovers recordings left unfinished, then acts on the session lifecycle (auto-start
         when a session goes live, stop when it ends)."""
-        self._follower = asyncio.create_task(self._follow(), name="recording-lifecycle")
-        return self._follower
+        lifecycle.listen(self._on_event, label="recording", catch_up=self._recover)
 
     async def close(self) -> None:
         for live in list(self.live.values()):
@@ -742,11 +738,11 @@ class RecordingsDomain:
             )
         result = await store_stream(self.blobs, key, source())
         async with self.uow(live.tenant_id, system_actor("recording")) as uow:
-            row = await uow.session.get(RecordingFileRow, file_id)
+            row = await rrepo.get_file(uow.session, live.tenant_id, live.recording_id, file_id)
             if row is None:
                 return
             if result is None:
-                await uow.session.delete(row)  # nothing was ever recorded in it
+                await rrepo.delete_files(uow.session, [row])  # nothing was ever recorded in it
                 return
             row.size_bytes = result.size
             row.duration_ms = int(result.duration * 1000)
@@ -787,9 +783,7 @@ class RecordingsDomain:
             if row is None or row.state != PROCESSING:
                 return
             files = (await rrepo.files_of(uow.session, tenant_id, [row.id]))[row.id]
-            for f in files:
-                if not f.ready:
-                    await uow.session.delete(f)
+            await rrepo.delete_files(uow.session, [f for f in files if not f.ready])
             ready = [f for f in files if f.ready]
             now = utcnow()
             if failure:
@@ -827,9 +821,7 @@ class RecordingsDomain:
                 if current is None or current.state not in UNFINISHED:
                     continue
                 files = (await rrepo.files_of(uow.session, row.tenant_id, [row.id]))[row.id]
-                for f in files:
-                    if not f.ready:
-                        await uow.session.delete(f)
+                await rrepo.delete_files(uow.session, [f for f in files if not f.ready])
                 current.state = FAILED
                 current.stop_time = current.stop_time or utcnow()
                 current.failure_reason = "RECORDER_LOST"
@@ -842,19 +834,6 @@ class RecordingsDomain:
                     ),
                     session_id=current.session_id,
                 )
-
-    async def _follow(self) -> None:
-        async def recover() -> None:
-            with contextlib.suppress(Exception):
-                await self._recover()
-
-        await follow_session_lifecycle(
-            self.db,
-            self._on_event,
-            interval=self.settings.follow_interval,
-            label="recording",
-            catch_up=recover,
-        )
 
     async def _on_event(self, envelope: event_pb2.Event) -> None:
         name = envelope.type.rsplit(".", 1)[-1]
@@ -885,19 +864,10 @@ class RecordingsDomain:
 
     async def _session_ended(self, tenant_id: str, session_id: str) -> None:
         async with self.db.reader() as session:
-            rows = (
-                await session.scalars(
-                    select(RecordingRow.id)
-                    .join(LiveSession, LiveSession.id == RecordingRow.session_id)
-                    .where(
-                        RecordingRow.tenant_id == tenant_id,
-                        RecordingRow.state.in_(ACTIVE),
-                        (LiveSession.id == session_id)
-                        | (LiveSession.parent_session_id == session_id),
-                    )
-                )
-            ).all()
-        for recording_id in rows:
+            recording_ids = await rrepo.recording_ids_of_session(
+                session, tenant_id, session_id, ACTIVE
+            )
+        for recording_id in recording_ids:
             await self._stop(
                 tenant_id,
                 recording_id,

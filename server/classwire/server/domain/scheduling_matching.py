@@ -41,7 +41,6 @@ from ..plugins.types import (
     TimeInterval,
 )
 from ..store import scheduling_repositories as srepo
-from ..store.models import SessionInstructor
 from ..store.scheduling_models import SchedAssignmentPlan, SchedBooking
 from ..store.types import utcnow
 from .auth import Principal
@@ -652,22 +651,9 @@ class MatchingMixin:
         """A provisioned booking's live session expects its new instructor."""
         if not row.session_id or previous == current:
             return
-        session = uow.session
-        if previous:
-            old = await session.get(SessionInstructor, (row.session_id, previous))
-            if old is not None:
-                await session.delete(old)
-                await session.flush()
-        if current and await session.get(SessionInstructor, (row.session_id, current)) is None:
-            session.add(
-                SessionInstructor(
-                    session_id=row.session_id,
-                    identity=current,
-                    tenant_id=row.tenant_id,
-                    position=0,
-                )
-            )
-            await session.flush()
+        await srepo.replace_session_instructor(
+            uow.session, row.tenant_id, row.session_id, previous, current
+        )
 
     async def unassign_instructor(self, principal: Principal, ref, series_id: str, reason: str):
         principal.require(WRITE)

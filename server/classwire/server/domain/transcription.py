@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import delete, func, select, update
 
 from classwire.api.common.v1 import common_pb2
 from classwire.api.data.v1 import resources_pb2 as data_pb
@@ -38,13 +37,14 @@ from classwire.api.media.v1 import resources_pb2 as media_pb
 
 from ..events.outbox import UnitOfWorkFactory, system_actor
 from ..store import repositories as repo
+from ..store import transcription_repositories as trepo
 from ..store.documentation_models import (
     TranscriptionRow,
     TranscriptionTrackRow,
     TranscriptSegmentRow,
 )
 from ..store.engine import Database
-from ..store.models import Event, LiveSession
+from ..store.models import LiveSession
 from ..store.types import utcnow
 from . import paging
 from .auth import Principal
@@ -57,7 +57,7 @@ from .errors import (
 )
 from .ids import new_id
 from .platform import TenantSettings, actor_of
-from .session_lifecycle import follow_session_lifecycle
+from .session_lifecycle import SessionLifecycle
 from .sessions import SessionSettings, effective_permissions
 from .transcription_engines import EngineInfo, EngineRegistry
 from .transcription_pipeline import Caption, Recognizer
@@ -81,7 +81,6 @@ CANCELLED = common_pb2.SESSION_STATE_CANCELLED
 MANAGE_MEDIA = sev.PARTICIPANT_PERMISSION_MANAGE_MEDIA
 
 PARTIAL_TYPE = mev.CaptionPartial.DESCRIPTOR.full_name
-FOLLOW_INTERVAL = 0.25
 MAX_SPEAKER_FILTER = 100
 EXPORT_CHUNK = 200  # segments per export chunk
 
@@ -189,7 +188,6 @@ class TranscriptionDomain:
         self._rooms: dict[tuple[str, str], _Live] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
-        self._follower: asyncio.Task | None = None
         # The participant connection's start/stop transcription actions come here.
         presence = getattr(sessions, "presence", None)
         if presence is not None:
@@ -202,10 +200,10 @@ class TranscriptionDomain:
         self.media = media
         media.add_audio_listener(self)
 
-    def start(self) -> asyncio.Task:
-        """Follows the session lifecycle in the log (auto-start, end); returns the task."""
-        self._follower = asyncio.create_task(self._follow(), name="transcription-lifecycle")
-        return self._follower
+    def follow(self, lifecycle: SessionLifecycle) -> None:
+        """Acts on sessions going live (auto-start) and ending (stop, flush, TranscriptReady),
+        after catching up with what happened while no replica followed."""
+        lifecycle.listen(self._on_event, label="transcription", catch_up=self._catch_up)
 
     async def close(self) -> None:
         for live in list(self._rooms.values()):
@@ -325,7 +323,7 @@ class TranscriptionDomain:
                 if auto:
                     return False
                 raise FailedPrecondition("the session is not live", reason="SESSION_NOT_LIVE")
-            row = await uow.session.get(TranscriptionRow, room_id)
+            row = await trepo.get_transcription(uow.session, room_id)
             now = utcnow()
             if row is not None and row.state == RUNNING:
                 if (row.engine, row.language) == (engine_name, language):
@@ -389,7 +387,7 @@ class TranscriptionDomain:
 
     async def _stop(self, tenant_id: str, room_id: str, reason: int, actor) -> bool:
         async with self.uow(tenant_id, actor) as uow:
-            row = await uow.session.get(TranscriptionRow, room_id, with_for_update=True)
+            row = await trepo.get_transcription(uow.session, room_id, lock=True)
             if row is None or row.state != RUNNING:
                 return False
             now = utcnow()
@@ -410,28 +408,17 @@ class TranscriptionDomain:
 
     async def _status(self, tenant_id: str, room_id: str) -> StatusView:
         async with self.db.reader() as session:
-            row = await session.get(TranscriptionRow, room_id)
+            row = await trepo.get_transcription(session, room_id)
             if row is not None and row.tenant_id != tenant_id:
                 row = None
-            tracks = list(
-                (
-                    await session.scalars(
-                        select(TranscriptionTrackRow)
-                        .where(
-                            TranscriptionTrackRow.tenant_id == tenant_id,
-                            TranscriptionTrackRow.session_id == room_id,
-                        )
-                        .order_by(TranscriptionTrackRow.track_id)
-                    )
-                ).all()
-            )
+            tracks = await trepo.tracks_of(session, tenant_id, room_id)
         return StatusView(room_id, row, tracks)
 
     # -- audio tracks (AudioTrackListener) -----------------------------------------------------
 
     async def audio_track_started(self, track: PublishedAudioTrackLike) -> None:
         async with self.db.reader() as session:
-            row = await session.get(TranscriptionRow, track.session_id)
+            row = await trepo.get_transcription(session, track.session_id)
         if row is not None and row.tenant_id == track.tenant_id and row.state == RUNNING:
             await self._attach(track)
 
@@ -452,7 +439,7 @@ class TranscriptionDomain:
             if current is not None and current.task is not None and not current.task.done():
                 return
             async with self.db.reader() as session:
-                row = await session.get(TranscriptionRow, track.session_id)
+                row = await trepo.get_transcription(session, track.session_id)
                 room = await repo.get_live_session(session, track.tenant_id, track.session_id)
                 participant = await repo.get_participant(
                     session, track.tenant_id, track.participant_id
@@ -500,7 +487,7 @@ class TranscriptionDomain:
 
     async def _write_partial(self, sink: _TrackSink, caption: Caption) -> None:
         async with self.uow(sink.track.tenant_id, system_actor("transcription")) as uow:
-            row = await uow.session.get(TranscriptionRow, sink.track.session_id)
+            row = await trepo.get_transcription(uow.session, sink.track.session_id)
             if row is None or row.state != RUNNING:
                 return
             uow.emit(sink.caption_event(caption, final=False), session_id=sink.track.session_id)
@@ -531,36 +518,17 @@ class TranscriptionDomain:
                     engine=sink.engine,
                 )
             )
-            await uow.session.execute(
-                update(TranscriptionTrackRow)
-                .where(
-                    TranscriptionTrackRow.session_id == track.session_id,
-                    TranscriptionTrackRow.track_id == track.track_id,
-                )
-                .values(
-                    final_caption_count=TranscriptionTrackRow.final_caption_count + 1,
-                    update_time=utcnow(),
-                )
-            )
-            await uow.session.execute(
-                update(TranscriptionRow)
-                .where(TranscriptionRow.session_id == track.session_id)
-                .values(update_time=utcnow())
-            )
+            await trepo.count_final_caption(uow.session, track.session_id, track.track_id, utcnow())
             if stale:
                 # The final replaces its partials: the log keeps the final only.
-                await uow.session.execute(
-                    delete(Event).where(Event.tenant_id == track.tenant_id, Event.id.in_(stale))
-                )
+                await trepo.delete_caption_events(uow.session, track.tenant_id, stale)
             uow.emit(sink.caption_event(caption, final=True), session_id=track.session_id)
 
     async def _track_state(
         self, track: PublishedAudioTrackLike, state: int, reason: str = "", message: str = ""
     ) -> None:
         async with self.uow(track.tenant_id, system_actor("transcription")) as uow:
-            row = await uow.session.get(
-                TranscriptionTrackRow, (track.session_id, track.track_id), with_for_update=True
-            )
+            row = await trepo.get_track(uow.session, track.session_id, track.track_id, lock=True)
             if row is None or row.state == TRACK_FAILED:
                 return
             row.state = state
@@ -579,15 +547,6 @@ class TranscriptionDomain:
                 )
 
     # -- the session lifecycle ---------------------------------------------------------------------
-
-    async def _follow(self) -> None:
-        await follow_session_lifecycle(
-            self.db,
-            self._on_event,
-            interval=FOLLOW_INTERVAL,
-            label="transcription",
-            catch_up=self._catch_up,
-        )
 
     async def _on_event(self, envelope: event_pb2.Event) -> None:
         name = envelope.type.rsplit(".", 1)[-1]
@@ -637,17 +596,10 @@ class TranscriptionDomain:
     async def _complete(self, tenant_id: str, room_id: str) -> None:
         """The transcript is complete: state, TranscriptReady, and no partials left behind."""
         async with self.uow(tenant_id, system_actor("transcription")) as uow:
-            row = await uow.session.get(TranscriptionRow, room_id, with_for_update=True)
+            row = await trepo.get_transcription(uow.session, room_id, lock=True)
             if row is None or row.transcript_state != T_IN_PROGRESS:
                 return
-            tracks = (
-                await uow.session.scalars(
-                    select(TranscriptionTrackRow).where(
-                        TranscriptionTrackRow.session_id == room_id,
-                        TranscriptionTrackRow.tenant_id == tenant_id,
-                    )
-                )
-            ).all()
+            tracks = await trepo.tracks_of(uow.session, tenant_id, room_id)
             for track in tracks:
                 if track.state == TRACK_RUNNING:
                     track.state = TRACK_FINISHED
@@ -656,13 +608,7 @@ class TranscriptionDomain:
             row.transcript_state = T_PARTIAL if failed else T_COMPLETE
             row.complete_time = row.update_time = now
             view = await _transcript_view(uow.session, row, tenant_id, room_id)
-            await uow.session.execute(
-                delete(Event).where(
-                    Event.tenant_id == tenant_id,
-                    Event.session_id == room_id,
-                    Event.type == PARTIAL_TYPE,
-                )
-            )
+            await trepo.delete_room_events_of_type(uow.session, tenant_id, room_id, PARTIAL_TYPE)
             ready = dev.TranscriptReady(
                 session_id=room_id,
                 segment_count=view.segment_count,
@@ -676,23 +622,10 @@ class TranscriptionDomain:
         """What happened while no replica followed: rooms still running whose session ended,
         live sessions that should have auto-started."""
         async with self.db.reader() as session:
-            stale = (
-                await session.execute(
-                    select(TranscriptionRow.tenant_id, TranscriptionRow.session_id)
-                    .join(LiveSession, LiveSession.id == TranscriptionRow.session_id)
-                    .where(
-                        TranscriptionRow.transcript_state == T_IN_PROGRESS,
-                        LiveSession.state.in_([ENDED, CANCELLED]),
-                    )
-                )
-            ).all()
-            live = (
-                await session.execute(
-                    select(LiveSession.tenant_id, LiveSession.id)
-                    .outerjoin(TranscriptionRow, TranscriptionRow.session_id == LiveSession.id)
-                    .where(LiveSession.state == LIVE, TranscriptionRow.session_id.is_(None))
-                )
-            ).all()
+            stale = await trepo.in_progress_of_ended_rooms(
+                session, T_IN_PROGRESS, [ENDED, CANCELLED]
+            )
+            live = await trepo.rooms_without_transcription(session, LIVE)
         for tenant_id, room_id in stale:
             self._spawn(self._session_ended(tenant_id, room_id))
         for tenant_id, room_id in live:
@@ -723,10 +656,11 @@ class TranscriptionDomain:
             room = await repo.get_live_session(session, principal.tenant_id, session_id)
             if room is None:
                 raise _not_found(session_id)
-            row = await session.get(TranscriptionRow, session_id)
+            row = await trepo.get_transcription(session, session_id)
             view = await _transcript_view(session, row, principal.tenant_id, session_id)
-            query = _segments_query(principal.tenant_id, session_id, identities, after)
-            items = list((await session.scalars(query.limit(limit))).all())
+            items = await trepo.segments_page(
+                session, principal.tenant_id, session_id, identities, after, limit
+            )
         return view, items, paging.next_token(items, limit, "start_time", filters)
 
     async def export_transcript(
@@ -742,7 +676,7 @@ class TranscriptionDomain:
             room = await repo.get_live_session(session, principal.tenant_id, session_id)
             if room is None:
                 raise _not_found(session_id)
-            row = await session.get(TranscriptionRow, session_id)
+            row = await trepo.get_transcription(session, session_id)
         if row is None:
             raise FailedPrecondition(
                 "transcription never ran for this session", reason="TRANSCRIPT_NONE"
@@ -760,8 +694,9 @@ class TranscriptionDomain:
         number = 0
         while True:
             async with self.db.reader() as session:
-                query = _segments_query(tenant_id, session_id, [], after)
-                items = list((await session.scalars(query.limit(EXPORT_CHUNK))).all())
+                items = await trepo.segments_page(
+                    session, tenant_id, session_id, [], after, EXPORT_CHUNK
+                )
             if not items:
                 return
             text = render_cues(fmt, items, number, False, omit_speakers=omit_speakers)
@@ -793,9 +728,7 @@ class _TrackSink:
     async def register(self) -> None:
         track = self.track
         async with self.domain.uow(track.tenant_id, system_actor("transcription")) as uow:
-            row = await uow.session.get(
-                TranscriptionTrackRow, (track.session_id, track.track_id), with_for_update=True
-            )
+            row = await trepo.get_track(uow.session, track.session_id, track.track_id, lock=True)
             if row is None:
                 uow.session.add(
                     TranscriptionTrackRow(
@@ -851,62 +784,20 @@ class _TrackSink:
         await self.domain._track_state(self.track, TRACK_FINISHED)
 
 
-# -- queries -----------------------------------------------------------------------------------
-
-
-def _segments_query(tenant_id: str, session_id: str, identities: list[str], after):
-    query = select(TranscriptSegmentRow).where(
-        TranscriptSegmentRow.tenant_id == tenant_id,
-        TranscriptSegmentRow.session_id == session_id,
-    )
-    if identities:
-        query = query.where(TranscriptSegmentRow.identity.in_(sorted(set(identities))))
-    if after is not None:
-        at, last_id = after
-        query = query.where(
-            (TranscriptSegmentRow.start_time > at)
-            | ((TranscriptSegmentRow.start_time == at) & (TranscriptSegmentRow.id > last_id))
-        )
-    return query.order_by(TranscriptSegmentRow.start_time, TranscriptSegmentRow.id)
+# -- the transcript's totals ---------------------------------------------------------------------
 
 
 async def _transcript_view(session, row, tenant_id: str, session_id: str) -> TranscriptView:
     if row is None or row.tenant_id != tenant_id:
         return TranscriptView(session_id, T_NONE)
-    count, speech_ms, last = (
-        await session.execute(
-            select(
-                func.count(TranscriptSegmentRow.id),
-                func.coalesce(
-                    func.sum(
-                        TranscriptSegmentRow.end_offset_ms - TranscriptSegmentRow.start_offset_ms
-                    ),
-                    0,
-                ),
-                func.max(TranscriptSegmentRow.start_time),
-            ).where(
-                TranscriptSegmentRow.tenant_id == tenant_id,
-                TranscriptSegmentRow.session_id == session_id,
-            )
-        )
-    ).one()
-    languages = (
-        await session.scalars(
-            select(TranscriptSegmentRow.language)
-            .where(
-                TranscriptSegmentRow.tenant_id == tenant_id,
-                TranscriptSegmentRow.session_id == session_id,
-            )
-            .distinct()
-        )
-    ).all()
+    count, speech_ms, languages = await trepo.segment_totals(session, tenant_id, session_id)
     return TranscriptView(
         session_id=session_id,
         state=row.transcript_state,
-        segment_count=int(count or 0),
+        segment_count=count,
         languages=sorted(set(languages)) or [row.language],
         engines=list(row.engines),
-        speech_duration=timedelta(milliseconds=int(speech_ms or 0)),
+        speech_duration=timedelta(milliseconds=speech_ms),
         update_time=row.update_time,
         complete_time=row.complete_time,
     )

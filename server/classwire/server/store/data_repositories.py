@@ -8,7 +8,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, delete, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,7 +20,10 @@ from .data_models import (
     WebhookCursor,
     WebhookDeliveryRow,
 )
+from .documentation_models import TranscriptSegmentRow
 from .models import AttendanceInterval, Event, EventCounter, LiveSession, WebhookEndpoint
+from .recording_models import RecordingRow
+from .types import UTCDateTime
 
 
 def _upsert(session: AsyncSession):
@@ -53,13 +56,83 @@ async def ingested(
     return {row.client_event_id: row for row in (await session.scalars(query)).all()}
 
 
-async def record_ingested(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(IngestedEvent.__table__), list(rows))
+async def append_events(session: AsyncSession, rows: Sequence[tuple]) -> None:
+    """Inserts event rows, tuples in the column order of `events` (EVENT_COLUMNS)."""
+    await _insert_many(session, Event.__table__, rows)
 
 
-async def purge_ingested(session: AsyncSession, before: datetime) -> int:
-    result = await session.execute(delete(IngestedEvent).where(IngestedEvent.create_time < before))
+async def record_ingested(session: AsyncSession, rows: Sequence[tuple]) -> None:
+    """Inserts deduplication records, tuples in the column order of `ingested_events`
+    (INGESTED_COLUMNS)."""
+    await _insert_many(session, IngestedEvent.__table__, rows)
+
+
+EVENT_COLUMNS = tuple(c.name for c in Event.__table__.columns)
+INGESTED_COLUMNS = tuple(c.name for c in IngestedEvent.__table__.columns)
+# (dialect name, table name) -> the compiled INSERT, and (index, converter) of its UTC columns
+_INSERTS: dict[tuple[str, str], tuple[str, list[tuple[int, Any]]]] = {}
+
+
+async def _insert_many(session: AsyncSession, table: Table, rows: Sequence[tuple]) -> None:
+    """One executemany of plain tuples, the path of bulk appends (ingest, imports, every unit
+    of work's events).
+
+    The INSERT is compiled once per dialect. The other values go to the driver as they are;
+    only UTC datetimes go through their column type's conversion, once per distinct value (a
+    batch shares one timestamp). SQLAlchemy's executemany of dictionaries rebuilt and converted
+    every parameter of every row, which cost more than the database's own work.
+    """
+    if not rows:
+        return
+    dialect = session.bind.dialect
+    key = (dialect.name, table.name)
+    prepared = _INSERTS.get(key)
+    if prepared is None:
+        compiled = insert(table).compile(dialect=dialect)
+        if compiled.positiontup != [c.name for c in table.columns]:
+            raise RuntimeError(f"{dialect.name}: positional INSERT expected for {table.name}")
+        converting = [
+            (i, c.type.dialect_impl(dialect).bind_processor(dialect))
+            for i, c in enumerate(table.columns)
+            if isinstance(c.type, UTCDateTime)
+        ]
+        prepared = _INSERTS[key] = (str(compiled), converting)
+    sql, converting = prepared
+    if converting:
+        memo: dict = {}
+        converted = []
+        for row in rows:
+            values = list(row)
+            for i, process in converting:
+                value = values[i]
+                try:
+                    values[i] = memo[value]
+                except KeyError:
+                    values[i] = memo[value] = process(value)
+            converted.append(tuple(values))
+        rows = converted
+    connection = await session.connection()
+    await connection.exec_driver_sql(sql, list(rows))
+
+
+async def purge_ingested(session: AsyncSession, before: datetime, limit: int) -> int:
+    """Deletes at most `limit` deduplication records committed before `before`, oldest first.
+
+    Bounded so that one transaction never holds SQLite's write lock for long. SKIP LOCKED lets
+    replicas purging at the same time take disjoint rows on PostgreSQL (SQLite ignores it).
+    """
+    oldest = (
+        select(IngestedEvent.tenant_id, IngestedEvent.client_event_id)
+        .where(IngestedEvent.create_time < before)
+        .order_by(IngestedEvent.create_time)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        delete(IngestedEvent).where(
+            tuple_(IngestedEvent.tenant_id, IngestedEvent.client_event_id).in_(oldest)
+        )
+    )
     return result.rowcount or 0
 
 
@@ -313,5 +386,50 @@ async def attendance_spans(
         AttendanceInterval.tenant_id == tenant_id,
         AttendanceInterval.join_time < end,
         or_(AttendanceInterval.leave_time.is_(None), AttendanceInterval.leave_time > start),
+    )
+    return [tuple(r) for r in (await session.execute(query)).all()]
+
+
+async def recording_spans(
+    session: AsyncSession, tenant_id: str, start: datetime, end: datetime
+) -> list[tuple[str, datetime, datetime | None]]:
+    """(id, start_time, stop_time) of the tenant's recordings that ran inside [start, end)."""
+    query = select(RecordingRow.id, RecordingRow.start_time, RecordingRow.stop_time).where(
+        RecordingRow.tenant_id == tenant_id,
+        RecordingRow.start_time < end,
+        or_(RecordingRow.stop_time.is_(None), RecordingRow.stop_time > start),
+    )
+    return [tuple(r) for r in (await session.execute(query)).all()]
+
+
+async def existing_recording_ids(
+    session: AsyncSession, tenant_id: str, recording_ids: Collection[str]
+) -> set[str]:
+    if not recording_ids:
+        return set()
+    query = select(RecordingRow.id).where(
+        RecordingRow.tenant_id == tenant_id, RecordingRow.id.in_(list(recording_ids))
+    )
+    return set((await session.scalars(query)).all())
+
+
+async def event_payloads_after(
+    session: AsyncSession, tenant_id: str, event_type: str, after: datetime
+) -> list[tuple[datetime, bytes]]:
+    """(occur_time, payload) of the tenant's events of `event_type` that occurred after `after`."""
+    query = select(Event.occur_time, Event.payload).where(
+        Event.tenant_id == tenant_id, Event.type == event_type, Event.occur_time > after
+    )
+    return [tuple(r) for r in (await session.execute(query)).all()]
+
+
+async def transcribed_spans(
+    session: AsyncSession, tenant_id: str, start: datetime, end: datetime
+) -> list[tuple[str, str, datetime, datetime]]:
+    """(room id, track id, start_time, end_time) of the final transcript segments overlapping
+    [start, end)."""
+    seg = TranscriptSegmentRow
+    query = select(seg.session_id, seg.track_id, seg.start_time, seg.end_time).where(
+        seg.tenant_id == tenant_id, seg.start_time < end, seg.end_time > start
     )
     return [tuple(r) for r in (await session.execute(query)).all()]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import Select, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .models import LiveSession
 from .recording_models import RecordingFileRow, RecordingRow
 
 
@@ -87,6 +88,12 @@ async def get_file(
     )
 
 
+async def delete_files(session: AsyncSession, files: Iterable[RecordingFileRow]) -> None:
+    """Deletes file rows already loaded (files never finalized)."""
+    for row in files:
+        await session.delete(row)
+
+
 async def delete_recording(session: AsyncSession, tenant_id: str, recording_id: str) -> None:
     await session.execute(
         delete(RecordingFileRow).where(
@@ -106,3 +113,19 @@ async def unfinished(session: AsyncSession, states: Sequence[int]) -> list[Recor
     return list(
         await session.scalars(select(RecordingRow).where(RecordingRow.state.in_(list(states))))
     )
+
+
+async def recording_ids_of_session(
+    session: AsyncSession, tenant_id: str, session_id: str, states: Sequence[int]
+) -> list[str]:
+    """Ids of the recordings in one of `states` of the session and of its breakout rooms."""
+    rows = await session.scalars(
+        select(RecordingRow.id)
+        .join(LiveSession, LiveSession.id == RecordingRow.session_id)
+        .where(
+            RecordingRow.tenant_id == tenant_id,
+            RecordingRow.state.in_(list(states)),
+            (LiveSession.id == session_id) | (LiveSession.parent_session_id == session_id),
+        )
+    )
+    return list(rows.all())

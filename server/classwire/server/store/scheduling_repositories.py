@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .models import SessionInstructor
 from .roster_models import RosterPerson, RosterQualification
 from .scheduling_models import (
     SchedAssignmentPlan,
@@ -511,6 +512,25 @@ async def plan(session: AsyncSession, tenant_id: str, plan_id: str, *, lock=Fals
     if lock:
         query = query.with_for_update()
     return await session.scalar(query)
+
+
+async def replace_session_instructor(
+    session: AsyncSession, tenant_id: str, session_id: str, previous: str, current: str
+) -> None:
+    """The live session expects instructor `current` instead of `previous` (either may be
+    empty); the new one goes first in its list."""
+    if previous:
+        old = await session.get(SessionInstructor, (session_id, previous))
+        if old is not None:
+            await session.delete(old)
+            await session.flush()
+    if current and await session.get(SessionInstructor, (session_id, current)) is None:
+        session.add(
+            SessionInstructor(
+                session_id=session_id, identity=current, tenant_id=tenant_id, position=0
+            )
+        )
+        await session.flush()
 
 
 async def proposal(session: AsyncSession, tenant_id: str, proposal_id: str, *, lock=False):
