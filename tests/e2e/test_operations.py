@@ -129,11 +129,12 @@ LOAD_TASKS = 16
 class Outcome:
     method: str
     code: grpc.StatusCode
-    # The server's interceptor sends `x-request-id` as initial metadata the moment it starts on a
-    # call, before authentication and the handler. A call that got it was accepted by the server;
-    # one without it never reached a handler. (A unary grpc.aio call reports its initial metadata
-    # only together with the result, so this says *whether* it was accepted, not *when*.)
+    # The server's interceptor names every call it starts on with `x-request-id` (the caller's),
+    # before authentication and the handler: in the trailers, and for writes also as a header at
+    # once. A call that got it back was accepted by the server; one without it never reached a
+    # handler. The server's log is the other witness: it names every call it ran.
     request_id: str
+    sent_id: str
     details: str
     end: float
 
@@ -143,16 +144,21 @@ class Outcome:
 
 
 async def _one_call(method: str, stub_method, request, metadata) -> Outcome:
-    call = stub_method(request, metadata=metadata, timeout=EXIT_TIMEOUT + 10)
+    sent_id = uuid.uuid4().hex
+    call = stub_method(
+        request, metadata=(*metadata, ("x-request-id", sent_id)), timeout=EXIT_TIMEOUT + 10
+    )
     try:
         await call
         code, details = grpc.StatusCode.OK, ""
     except grpc.aio.AioRpcError as exc:
         code, details = exc.code(), exc.details() or ""
-    initial = await call.initial_metadata()
     # grpc.aio.Metadata iterates as (key, value) pairs in some releases: look the key up.
-    request_id = initial.get("x-request-id", "") if initial is not None else ""
-    return Outcome(method, code, request_id, details, time.monotonic())
+    request_id = ""
+    for metadata in (await call.initial_metadata(), await call.trailing_metadata()):
+        if metadata is not None:
+            request_id = request_id or metadata.get("x-request-id", "")
+    return Outcome(method, code, request_id, sent_id, details, time.monotonic())
 
 
 def _refused_before_acceptance(outcome: Outcome) -> bool:
@@ -309,6 +315,9 @@ async def test_sigterm_during_load_drains_in_flight_calls(tmp_path):
     # Each OK call the clients saw was logged once by the server, and vice versa.
     logged_ids = Counter(r["request_id"] for r in rpc_lines)
     assert all(logged_ids[i] == 1 for i in ok_ids)
+    # And no call that failed on the client's side was ever run by the server.
+    ran_and_failed = [o for o in failed if o.sent_id in logged_ids]
+    assert not ran_and_failed, (ran_and_failed[:5], summary)
 
     # Health went NOT_SERVING when the drain began.
     assert health_statuses[0] == health_pb2.HealthCheckResponse.SERVING

@@ -40,8 +40,8 @@ async def test_call_with_api_key(server):
     async with server.channel() as channel:
         call = platform(channel).GetTenant(platform_api.GetTenantRequest())
         response = await call
-        # The server names every call; the SDK surfaces the same id on errors.
-        request_id = (await call.initial_metadata()).get("x-request-id")
+        # The server names every call in its trailers; the SDK surfaces the same id on errors.
+        request_id = (await call.trailing_metadata()).get("x-request-id")
     assert response.tenant.id == server.tenant_id
     assert request_id
 
@@ -263,7 +263,7 @@ def test_connect_sync_calls_and_typed_errors(child_server):
         # with_call goes through the same interceptor.
         response, call = stub.ListApiKeys.with_call(platform_api.ListApiKeysRequest())
         assert response.api_keys
-        assert dict(call.initial_metadata()).get("x-request-id")  # sync API: a tuple of pairs
+        assert dict(call.trailing_metadata()).get("x-request-id")  # sync API: a tuple of pairs
 
 
 def test_connect_sync_without_key_is_unauthenticated(child_server):

@@ -35,12 +35,14 @@ from .domain.auth import RateLimiter
 from .domain.authenticate import Authenticator
 from .domain.classroom import Classroom
 from .domain.event_log import EventLog
+from .domain.ingest import IngestDomain
 from .domain.media import MediaDomain, MediaSettings
 from .domain.media_talk import TalkSettings
 from .domain.platform import PlatformDomain, TenantSettings
 from .domain.presence import Presence
 from .domain.recordings import RecordingsDomain
 from .domain.reports import ReportsDomain
+from .domain.session_lifecycle import SessionLifecycle
 from .domain.sessions import SessionsDomain
 from .domain.transcription import TranscriptionDomain
 from .domain.transcription_engines import EngineRegistry
@@ -64,7 +66,6 @@ from .handlers.roster import roster_servicer
 from .handlers.scheduling import scheduling_servicer
 from .handlers.session import session_servicer
 from .handlers.transcription import transcript_methods, transcription_methods
-from .handlers.unimplemented import unimplemented_servicer
 from .plugins.manager import PluginManager
 from .plugins.types import ProviderKind
 from .rpc.health import DrainingHealthServicer
@@ -84,8 +85,6 @@ def _service(module) -> str:
     ].full_name
 
 
-# (generated api module, grpc module, servicer base name) for the services still to come.
-PENDING_SERVICES: list = []
 SERVICE_NAMES = [
     _service(m)
     for m in (platform_api, roster_api, scheduling_api, session_api, media_api, data_api)
@@ -122,6 +121,8 @@ class Platform:
     media: Any = None
     # Recordings (domain/recordings.py), stored through the blob store provider.
     recordings: Any = None
+    # One follower of sessions going live and ending for recordings and transcription.
+    lifecycle: SessionLifecycle | None = None
     providers: dict = field(default_factory=dict)
     # Background tasks (timers, dispatchers) started by the areas; cancelled at close.
     tasks: list = field(default_factory=list)
@@ -187,6 +188,9 @@ class Platform:
             db, uow, sessions, platform.media, providers[ProviderKind.BLOB_STORE.value]
         )
         sessions.presence.recordings = platform.recordings
+        platform.lifecycle = SessionLifecycle(db)
+        platform.transcription.follow(platform.lifecycle)
+        platform.recordings.follow(platform.lifecycle)
         # Revocations on this replica take effect at once, not after the cache TTL.
         platform.platform.credential_revoked = platform.authenticator.evict
         return platform
@@ -199,9 +203,11 @@ class Platform:
         self.tasks.append(self.timers.start())
         self.tasks.append(self.webhooks.start())
         self.tasks.append(self.reports.start())
-        self.tasks.append(self.transcription.start())
-        self.tasks.append(self.recordings.start())
+        self.tasks.append(self.lifecycle.start())
         self.tasks.append(asyncio.create_task(self.meter.run(self.db), name="usage-meter"))
+        self.tasks.append(
+            asyncio.create_task(IngestDomain(self.db, self.uow).run_purge(), name="ingest-purge")
+        )
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -315,12 +321,15 @@ class Server:
             ("grpc.so_reuseport", 0),
         ]
         self.interceptor = ClasswireInterceptor(p.authenticator, limiter, p.meter)
-        self.server = aio.server(interceptors=[self.interceptor], options=options)
+        self.server = aio.server(options=options)
+        # Every v1 service is registered through the interceptor stack; health and reflection
+        # (below) are not: they need no credentials.
+        services = self.interceptor.registrar(self.server)
         platform_grpc.add_PlatformServiceServicer_to_server(
-            PlatformHandler(p.platform, UsageDomain(p.db, p.meter)), self.server
+            PlatformHandler(p.platform, UsageDomain(p.db, p.meter)), services
         )
         session_grpc.add_SessionServiceServicer_to_server(
-            session_servicer(p.sessions, p.event_log, classroom_methods(p)), self.server
+            session_servicer(p.sessions, p.event_log, classroom_methods(p)), services
         )
         data_grpc.add_DataServiceServicer_to_server(
             data_servicer(
@@ -333,24 +342,17 @@ class Server:
                     **export_methods(p),
                 },
             ),
-            self.server,
+            services,
         )
-        roster_grpc.add_RosterServiceServicer_to_server(roster_servicer(p), self.server)
-        scheduling_grpc.add_SchedulingServiceServicer_to_server(scheduling_servicer(p), self.server)
+        roster_grpc.add_RosterServiceServicer_to_server(roster_servicer(p), services)
+        scheduling_grpc.add_SchedulingServiceServicer_to_server(scheduling_servicer(p), services)
         media_grpc.add_MediaServiceServicer_to_server(
             media_servicer(
                 p.media,
                 {**transcription_methods(p.transcription), **recording_methods(p.recordings)},
             ),
-            self.server,
+            services,
         )
-        for api_module, grpc_module, name in PENDING_SERVICES:
-            base = getattr(grpc_module, f"{name}Servicer")
-            adder = getattr(grpc_module, f"add_{name}Servicer_to_server")
-            # Transcription control is served ahead of the rest of the media service.
-            implemented = transcription_methods(p.transcription) if name == "MediaService" else {}
-            adder(unimplemented_servicer(base, _service(api_module), implemented), self.server)
-
         self.health = DrainingHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -15,9 +15,10 @@ What the factories add, and why:
   any call to choose its deadline yourself;
 - transparent retries of UNAVAILABLE (and CANCELLED before any answer) with exponential
   backoff (a restarting replica, a load balancer draining). gRPC only retries a call the
-  server has not started answering, and classwire answers every call it accepts with initial
-  metadata at once, so a call that reached a handler is never retried; create-like RPCs also
-  take a `request_id` for retries of your own;
+  server has not started answering, and classwire answers every call that may change something
+  with its headers at once, so a write that reached a handler is never retried (reads, the
+  Get/List/Query/Find/Render methods, may be: harmlessly); create-like RPCs also take a
+  `request_id` for retries of your own;
 - keepalive pings every 30 s, above the server's 10 s minimum (a client that pings more often
   than the server permits is disconnected with ENHANCE_YOUR_CALM);
 - on unary calls, failed RPCs raised as the typed exceptions of errors.py.

@@ -301,8 +301,7 @@ class PlatformDomain:
 
     async def get_api_key(self, principal: Principal, key_id: str) -> ApiKey:
         principal.require("platform:read")
-        async with self.db.reader() as session:
-            key = await repo.read_api_key(session, principal.tenant_id, key_id)
+        key = await repo.read_api_key(self.db, principal.tenant_id, key_id)
         if key is None:
             raise NotFound(f"API key {key_id!r} not found", reason="API_KEY_NOT_FOUND")
         return key

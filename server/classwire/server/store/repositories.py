@@ -8,11 +8,12 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, and_, bindparam, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .engine import Database
 from .models import (
     ApiKey,
     AttendanceInterval,
@@ -65,14 +66,17 @@ async def get_api_key(session: AsyncSession, tenant_id: str, key_id: str) -> Api
     )
 
 
-async def read_api_key(session: AsyncSession, tenant_id: str, key_id: str):
-    """A read-only row of a key (attribute access like the model). A Core query skips the ORM's
-    identity map and instance state, which costs more than the lookup itself on hot paths."""
-    table = ApiKey.__table__
-    result = await session.execute(
-        select(table).where(table.c.tenant_id == tenant_id, table.c.id == key_id)
-    )
-    return result.first()
+_API_KEY_ROW = (
+    select(ApiKey.__table__)
+    .where(ApiKey.tenant_id == bindparam("tenant_id"), ApiKey.id == bindparam("key_id"))
+    .limit(1)
+)
+
+
+async def read_api_key(db: Database, tenant_id: str, key_id: str):
+    """A read-only row of a key (attribute access like the model), read without an ORM session:
+    GetApiKey is the hot read RPC of API key management."""
+    return await db.fetch_first(_API_KEY_ROW, {"tenant_id": tenant_id, "key_id": key_id})
 
 
 async def find_api_key(session: AsyncSession, key_id: str) -> ApiKey | None:
