@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -174,7 +175,12 @@ def run_janus(workdir: Path, *, startup_timeout: float = 20.0) -> Iterator[Janus
         _wait_ready(server, startup_timeout)
         yield server
     finally:
+        died = process.poll()
         _stop(process)
+        if died is not None:
+            # Janus exited under the tests' feet: its own last words are the diagnosis.
+            tail = server.log()[-6000:]
+            sys.stderr.write(f"janus exited with {died} during the tests:\n{tail}\n")
 
 
 def _wait_ready(server: JanusServer, timeout: float) -> None:
