@@ -31,8 +31,10 @@ from ..convert.analytics import rating as rating_proto
 from ..convert.transcription import segment_to_proto
 from ..events.catalogue import unwrap
 from ..events.outbox import UnitOfWorkFactory
+from ..store import events as events_repo
 from ..store import export_repositories as repo
 from ..store.engine import Database
+from ..store.events import TENANT_STREAM
 from .auth import Principal
 from .errors import InvalidArgument, OutOfRange, Violations
 from .event_log import EventFilter, resolve_filter
@@ -184,7 +186,7 @@ class ExportsDomain:
                 session_ids = (session_ids & of_classes) if session_ids else of_classes
                 if not session_ids:
                     session_ids = {""}  # no session matches: export nothing
-            head = await repo.log_head(session, tenant_id)
+            head = await events_repo.last_sequence(session, tenant_id, TENANT_STREAM)
         if req.kind == KIND.EXPORT_RECORD_KIND_EVENTS and req.after_sequence > head:
             raise OutOfRange(
                 f"after_sequence {req.after_sequence} is beyond the log's last sequence {head}",

@@ -25,7 +25,9 @@ from classwire.api.events.v1 import data_events_pb2 as dev
 from ..domain import xapi_vocab as vocab
 from ..domain.ids import new_id
 from ..domain.xapi import PushResult, Scope, XapiDomain
+from ..store import events as events_repo
 from ..store import xapi_repositories as repo
+from ..store.events import TENANT_STREAM
 from ..store.types import utcnow
 from .log_follower import LogFollower
 from .outbox import system_actor
@@ -89,7 +91,7 @@ class XapiPusher(LogFollower):
         """Pushes the statements of the next batch of the tenant's events; True to go on."""
         async with self.db.reader() as session:
             cursor = await repo.get_cursor(session, tenant_id)
-            head = await repo.head(session, tenant_id)
+            head = await events_repo.last_sequence(session, tenant_id, TENANT_STREAM)
         if cursor is None or cursor.lease_owner != self.owner or cursor.last_sequence >= head:
             return False
         name, store = await self.domain.store(cursor.lrs or "")

@@ -67,13 +67,6 @@ async def next_sequences(session: AsyncSession, tenant_id: str, stream: str, cou
     return await next_sequences(session, tenant_id, stream, count)
 
 
-async def insert_events(session: AsyncSession, rows: list[dict]) -> None:
-    """Inserts event rows (the columns of Event) in one executemany: a Core insert, since the
-    ORM's per-object bookkeeping costs more per row than the database does."""
-    if rows:
-        await session.execute(Event.__table__.insert(), rows)
-
-
 async def read_after(
     session: AsyncSession,
     tenant_id: str,

@@ -17,22 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from . import repositories as core_repo
 from .analytics_models import RatingRow
 from .documentation_models import TranscriptSegmentRow
-from .events import TENANT_STREAM
-from .models import EventCounter, LiveSession
+from .models import LiveSession
 from .report_models import SessionReportRow
 
 # The tenant log after a sequence, oldest first, filtered by type, session and occur time.
 events_page = core_repo.events_after
-
-
-async def log_head(session: AsyncSession, tenant_id: str) -> int:
-    """The last sequence of the tenant's log (0 while it is empty)."""
-    value = await session.scalar(
-        select(EventCounter.last_sequence).where(
-            EventCounter.tenant_id == tenant_id, EventCounter.stream == TENANT_STREAM
-        )
-    )
-    return int(value or 0)
 
 
 async def sessions_of_classes(

@@ -5,16 +5,14 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import log_cursors
 from . import repositories as core_repo
-from .analytics_models import RatingRow
-from .documentation_models import TranscriptSegmentRow
-from .models import Event, EventCounter, LiveSession
+from .models import Event, LiveSession
 from .report_models import SessionReportRow
 from .xapi_models import XapiPushCursor
 
@@ -51,15 +49,6 @@ async def sessions_info(
         sid: (parent or sid, title, class_id)
         for sid, parent, title, class_id in (await session.execute(query)).all()
     }
-
-
-async def sessions_of_classes(
-    session: AsyncSession, tenant_id: str, class_ids: Collection[str]
-) -> list[str]:
-    query = select(LiveSession.id).where(
-        LiveSession.tenant_id == tenant_id, LiveSession.class_id.in_(list(class_ids))
-    )
-    return list((await session.scalars(query)).all())
 
 
 # The tenant log after a cursor, filtered by type, session and occur time.
@@ -103,44 +92,6 @@ async def session_events_of_types(
     return list((await session.scalars(query)).all())
 
 
-async def head(session: AsyncSession, tenant_id: str) -> int:
-    value = await session.scalar(
-        select(EventCounter.last_sequence).where(
-            EventCounter.tenant_id == tenant_id, EventCounter.stream == ""
-        )
-    )
-    return int(value or 0)
-
-
-# -- records for exports ------------------------------------------------------------------------
-
-
-async def reports(
-    session: AsyncSession,
-    tenant_id: str,
-    *,
-    session_ids: Collection[str] = (),
-    end_from: datetime | None = None,
-    end_to: datetime | None = None,
-    after_session_id: str = "",
-    limit: int = 200,
-) -> list[SessionReportRow]:
-    """Reports with content, by session id, keyed for time on the session's end."""
-    query = select(SessionReportRow).where(
-        SessionReportRow.tenant_id == tenant_id,
-        SessionReportRow.content.is_not(None),
-        SessionReportRow.session_id > after_session_id,
-    )
-    if session_ids:
-        query = query.where(SessionReportRow.session_id.in_(list(session_ids)))
-    if end_from is not None:
-        query = query.where(SessionReportRow.end_time >= end_from)
-    if end_to is not None:
-        query = query.where(SessionReportRow.end_time < end_to)
-    query = query.order_by(SessionReportRow.session_id).limit(limit)
-    return list((await session.scalars(query)).all())
-
-
 async def reports_by_session(
     session: AsyncSession, tenant_id: str, session_ids: Collection[str]
 ) -> dict[str, bytes]:
@@ -152,69 +103,6 @@ async def reports_by_session(
         SessionReportRow.content.is_not(None),
     )
     return {sid: content for sid, content in (await session.execute(query)).all()}
-
-
-async def ratings(
-    session: AsyncSession,
-    tenant_id: str,
-    *,
-    session_ids: Collection[str] = (),
-    identities: Collection[str] = (),
-    start: datetime | None = None,
-    end: datetime | None = None,
-    after: tuple[datetime, str] | None = None,
-    limit: int = 500,
-) -> list[RatingRow]:
-    query = select(RatingRow).where(RatingRow.tenant_id == tenant_id)
-    if session_ids:
-        query = query.where(RatingRow.session_id.in_(list(session_ids)))
-    if identities:
-        who = list(identities)
-        query = query.where(
-            or_(RatingRow.rater_identity.in_(who), RatingRow.instructor_identity.in_(who))
-        )
-    if start is not None:
-        query = query.where(RatingRow.create_time >= start)
-    if end is not None:
-        query = query.where(RatingRow.create_time < end)
-    if after is not None:
-        at, last_id = after
-        query = query.where(
-            or_(
-                RatingRow.create_time > at,
-                and_(RatingRow.create_time == at, RatingRow.id > last_id),
-            )
-        )
-    query = query.order_by(RatingRow.create_time, RatingRow.id).limit(limit)
-    return list((await session.scalars(query)).all())
-
-
-async def segments(
-    session: AsyncSession,
-    tenant_id: str,
-    *,
-    session_ids: Collection[str] = (),
-    identities: Collection[str] = (),
-    start: datetime | None = None,
-    end: datetime | None = None,
-    after: tuple[datetime, str] | None = None,
-    limit: int = 500,
-) -> list[TranscriptSegmentRow]:
-    row = TranscriptSegmentRow
-    query = select(row).where(row.tenant_id == tenant_id)
-    if session_ids:
-        query = query.where(row.session_id.in_(list(session_ids)))
-    if identities:
-        query = query.where(row.identity.in_(list(identities)))
-    if start is not None:
-        query = query.where(row.start_time >= start)
-    if end is not None:
-        query = query.where(row.start_time < end)
-    if after is not None:
-        at, last_id = after
-        query = query.where(or_(row.start_time > at, and_(row.start_time == at, row.id > last_id)))
-    query = query.order_by(row.start_time, row.id).limit(limit)
-    return list((await session.scalars(query)).all())
 
 
 # -- the continuous pusher's cursors ------------------------------------------------------------
