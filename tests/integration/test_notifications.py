@@ -17,7 +17,6 @@ import pytest
 from aiosmtpd.controller import Controller
 from conftest import create_database, make_config, start_server
 from google.protobuf import field_mask_pb2, timestamp_pb2
-from grpc import aio
 from sqlalchemy import update
 
 import classwire.plugins.smtp as smtp_plugin
@@ -33,12 +32,7 @@ from classwire.api.roster.v1 import service_pb2_grpc as roster_grpc
 from classwire.api.session.v1 import resources_pb2 as session_pb
 from classwire.api.session.v1 import service_pb2 as session_api
 from classwire.api.session.v1 import service_pb2_grpc as session_grpc
-from classwire.server.domain.auth import RateLimiter
 from classwire.server.events.workflow_runner import start_notifications
-from classwire.server.handlers.data import SERVICE
-from classwire.server.handlers.notifications import notification_methods
-from classwire.server.handlers.unimplemented import unimplemented_servicer
-from classwire.server.rpc.interceptors import ClasswireInterceptor
 from classwire.server.store.models import Timer
 from classwire.server.store.notification_models import WorkflowCursor
 
@@ -101,38 +95,9 @@ async def env(tmp_path_factory):
     await channel.start()
     platform.notifications.add_channel("smtp", channel)
     e = Env()
-    e.running, e.platform, e.sink, e.side = running, platform, sink, None
+    e.running, e.platform, e.sink = running, platform, sink
     e.address = running.address
-    # Until handlers/data.py merges notification_methods, serve them from a second server
-    # built from the same platform, authenticated by the same interceptor.
-    async with grpc.aio.insecure_channel(running.address) as probe:
-        try:
-            await data_grpc.DataServiceStub(probe).ListWorkflows(
-                data_api.ListWorkflowsRequest(),
-                metadata=(("authorization", f"Bearer {running.api_key}"),),
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise
-            side = aio.server(
-                interceptors=[
-                    ClasswireInterceptor(
-                        platform.authenticator, RateLimiter(1e6, 10**6), platform.meter
-                    )
-                ]
-            )
-            data_grpc.add_DataServiceServicer_to_server(
-                unimplemented_servicer(
-                    data_grpc.DataServiceServicer, SERVICE, notification_methods(platform)
-                ),
-                side,
-            )
-            port = side.add_insecure_port("127.0.0.1:0")
-            await side.start()
-            e.side, e.address = side, f"127.0.0.1:{port}"
     yield e
-    if e.side is not None:
-        await e.side.stop(0)
     await running.server.stop(grace=1)
     await channel.close()
     controller.stop()

@@ -353,6 +353,9 @@ class Server:
             ),
             services,
         )
+        # Generated code hands each service over by name; one that did not would be missing.
+        if sorted(services.services) != sorted(SERVICE_NAMES):
+            raise RuntimeError(f"services registered: {services.services}")
         self.health = DrainingHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
